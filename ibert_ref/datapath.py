@@ -422,15 +422,40 @@ class TransformersDatapath(Datapath):
 
 DATAPATHS = ("exact", "transformers")
 
+#: Extra datapaths (hardware profiles) registered by name: ``name -> factory(**kwargs)``.
+_REGISTRY: dict = {}
 
-def make_datapath(name: str = "exact", gemm: str = "numpy") -> Datapath:
-    """Build a datapath by name: ``"exact"`` or ``"transformers"``."""
+
+def register_datapath(name: str, factory) -> None:
+    """Make ``make_datapath(name, **kwargs)`` build ``factory(**kwargs)`` (used by
+    :mod:`ibert_ref.hardware` to add the ARM / Tensor Core profiles)."""
+    _REGISTRY[name] = factory
+
+
+def available_datapaths() -> tuple:
+    """Every datapath name ``make_datapath`` accepts."""
+    _load_plugins()
+    return DATAPATHS + tuple(n for n in _REGISTRY if n not in DATAPATHS)
+
+
+def _load_plugins() -> None:
+    try:  # hardware profiles register themselves on import
+        import ibert_ref.hardware.profiles  # noqa: F401, PLC0415
+    except ImportError:  # pragma: no cover - profiles not present
+        pass
+
+
+def make_datapath(name="exact", gemm: str = "numpy", **kwargs) -> Datapath:
+    """Build a datapath by name: ``"exact"``, ``"transformers"`` or a registered profile."""
     if isinstance(name, Datapath):
         return name
     if name == "exact":
         if gemm != "numpy":
             raise ValueError("the exact datapath computes GEMMs exactly; gemm applies to datapath='transformers'")
-        return ExactDatapath()
+        return ExactDatapath(**kwargs)
     if name == "transformers":
-        return TransformersDatapath(gemm=gemm)
-    raise ValueError(f"unknown datapath {name!r}; expected one of {DATAPATHS}")
+        return TransformersDatapath(gemm=gemm, **kwargs)
+    _load_plugins()
+    if name in _REGISTRY:
+        return _REGISTRY[name](**kwargs)
+    raise ValueError(f"unknown datapath {name!r}; expected one of {available_datapaths()}")

@@ -1,0 +1,155 @@
+"""Op-by-op replay: feed each of our kernels the exact inputs transformers gave the module
+of the same name, and compare the integers.
+
+This isolates a kernel bug from a cascade: a difference in op N cannot come from ops
+before N. The constants of each op are re-derived from the scales the module actually
+received (the same compile functions the model uses), so constant derivation is checked
+too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+import numpy as np
+
+from .. import kernels as K
+from ..compile import (
+    ACT_BITS,
+    EMBEDDING_ACT_BITS,
+    LN_INPUT_BITS,
+    SOFTMAX_ACT_BITS,
+    act_scale,
+    embedding_params,
+    gelu_params,
+    layernorm_params,
+    linear_params,
+    requant_params,
+    softmax_params,
+)
+from ..datapath import Datapath, QTensor, TransformersDatapath
+from ..quant import F32
+
+
+@dataclass
+class OpComparison:
+    """Agreement of one op: elements, how many equal, the largest |difference|, first index."""
+
+    name: str
+    kind: str
+    elements: int
+    equal: int
+    max_abs_diff: int
+    first_diff_index: tuple | None
+
+    @property
+    def all_equal(self) -> bool:
+        return self.equal == self.elements
+
+
+def compare_integers(name: str, kind: str, ours: np.ndarray, theirs: np.ndarray) -> OpComparison:
+    """Elementwise comparison of two integer arrays of the same shape."""
+    ours = np.asarray(ours, dtype=np.int64)
+    theirs = np.asarray(theirs, dtype=np.int64)
+    if ours.shape != theirs.shape:
+        raise ValueError(f"{name}: shape {ours.shape} != transformers' {theirs.shape}")
+    diff = ours != theirs
+    first = tuple(int(i) for i in np.argwhere(diff)[0]) if diff.any() else None
+    return OpComparison(
+        name=name,
+        kind=kind,
+        elements=int(ours.size),
+        equal=int(ours.size - diff.sum()),
+        max_abs_diff=int(np.abs(ours - theirs).max()) if ours.size else 0,
+        first_diff_index=first,
+    )
+
+
+def quant_act_bits(name: str) -> int:
+    """The activation width of a QuantAct from its module name (modeling_ibert.py)."""
+    if name.endswith("embeddings_act1") or name.endswith("softmax.act"):
+        return EMBEDDING_ACT_BITS if name.endswith("embeddings_act1") else SOFTMAX_ACT_BITS
+    if name.endswith("ln_input_act"):
+        return LN_INPUT_BITS
+    return ACT_BITS
+
+
+def module_kind(name: str) -> str:
+    """transformers' class name for an I-BERT module path."""
+    leaf = name.split(".")[-1]
+    if name.endswith("softmax.act") or leaf.endswith("_act") or leaf.endswith("_activation") or leaf.startswith(
+        "embeddings_act"
+    ):
+        return "QuantAct"
+    if leaf.endswith("_embeddings"):
+        return "QuantEmbedding"
+    if leaf in ("query", "key", "value", "dense"):
+        return "QuantLinear"
+    if leaf == "softmax":
+        return "IntSoftmax"
+    if leaf == "intermediate_act_fn":
+        return "IntGELU"
+    if leaf == "LayerNorm":
+        return "IntLayerNorm"
+    raise KeyError(f"not an I-BERT quantized module: {name}")
+
+
+def _f32(a):
+    return np.asarray(a, dtype=F32)
+
+
+def replay_op(dp: Datapath, get: Callable[[str], np.ndarray], name: str, args, kwargs) -> QTensor:
+    """Run our kernel for module ``name`` on transformers' inputs ``args``/``kwargs``."""
+    kind = module_kind(name)
+    if kind == "QuantEmbedding":
+        return K.quant_embedding(dp, embedding_params(dp, get(name + ".weight")), np.asarray(args[0]))
+    x, s = _f32(args[0]), _f32(args[1] if len(args) > 1 else kwargs.get("scaling_factor"))
+    if kind == "QuantAct":
+        bits = quant_act_bits(name)
+        identity = kwargs.get("identity", args[2] if len(args) > 2 else None)
+        id_scale = kwargs.get("identity_scaling_factor", args[3] if len(args) > 3 else None)
+        params = requant_params(bits, act_scale(get, name, bits), s, None if identity is None else _f32(id_scale))
+        ident = None if identity is None else QTensor(_f32(identity), _f32(id_scale))
+        return K.requantize(dp, QTensor(x, s), params, identity=ident)
+    if kind == "QuantLinear":
+        params = linear_params(dp, get(name + ".weight"), get(name + ".bias"), s)
+        return K.quant_linear(dp, QTensor(x, s), params)
+    if kind == "IntSoftmax":
+        params = softmax_params(dp, s.reshape(1), act_scale(get, name + ".act", SOFTMAX_ACT_BITS))
+        return K.int_softmax(dp, dp.recover(QTensor(x, s.reshape(1))), params)
+    if kind == "IntGELU":
+        return K.int_gelu(dp, QTensor(x, s), gelu_params(dp, s))
+    if kind == "IntLayerNorm":
+        params = layernorm_params(dp, get(name + ".weight"), get(name + ".bias"), get(name + ".shift"))
+        return K.int_layernorm(dp, QTensor(x, s), params)
+    raise KeyError(kind)
+
+
+def replay_capture(capture, get: Callable[[str], np.ndarray], dp: Datapath | None = None) -> Dict[str, OpComparison]:
+    """Replay every captured module call (all calls of a module called twice) and compare
+    our integers with transformers'. Returns ``{name: OpComparison}`` in capture order;
+    a module called twice is compared on both calls (the entry covers both)."""
+    dp = dp or TransformersDatapath()
+    results: Dict[str, OpComparison] = {}
+    for name, calls in capture.calls.items():
+        if name not in capture.trace:
+            continue
+        kind = module_kind(name)
+        total = None
+        for call in calls:
+            ours = dp.integers(replay_op(dp, get, name, call.inputs.args, call.inputs.kwargs))
+            cmp = compare_integers(name, kind, ours, call.trace)
+            if total is None:
+                total = cmp
+            else:
+                total = OpComparison(
+                    name=name,
+                    kind=kind,
+                    elements=total.elements + cmp.elements,
+                    equal=total.equal + cmp.equal,
+                    max_abs_diff=max(total.max_abs_diff, cmp.max_abs_diff),
+                    first_diff_index=total.first_diff_index or cmp.first_diff_index,
+                )
+        results[name] = total
+    return results
