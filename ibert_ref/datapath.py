@@ -348,10 +348,12 @@ class TransformersDatapath(Datapath):
         return QTensor(np.asarray(w, dtype=F32) * scale_f32, scale_f32)
 
     def recover(self, t):
-        return t.data / t.scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            return t.data / t.scale
 
     def round_recover(self, t):
-        return np.rint(t.data / t.scale)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.rint(t.data / t.scale)
 
     def integers(self, t):
         with np.errstate(invalid="ignore"):
