@@ -91,25 +91,22 @@ def test_end_to_end_torch_gemm_every_trace_entry_bit_exact(tiny):
     np.testing.assert_array_equal(out.last_hidden_state, cap.last_hidden_state)
 
 
-def test_end_to_end_numpy_gemm_layer0_bit_exact_and_int8_outputs_agree(tiny):
-    """NumPy's float32 GEMM order differs from MKL's. At layer 0 the QuantLinear inputs are
-    integers up to one float32 ulp (``fl(q * s) / s``), so the rounded accumulators agree but
-    the float32 accumulator itself can differ by an ulp; IntGELU consumes it unrounded, so its
-    ~2^31 product can move by a few float32 ulps. Every other embeddings/layer-0 entry is exact."""
+def test_end_to_end_numpy_gemm_agreement(tiny):
+    """NumPy's float32 GEMM and sum orders differ from torch's (MKL). They matter wherever
+    transformers sums non-integers or integers above 2^24 in float32: QuantLinear on
+    fractional inputs (stale scale, and the one-ulp error of ``fl(q * s) / s``), IntLayerNorm's
+    variance, IntGELU consuming the unrounded accumulator. The requantized integers (every
+    QuantAct) mostly absorb these; the embeddings are exact."""
     model = IBertModel.from_pretrained(str(tiny["folder"]), datapath="transformers", gemm="numpy")
     out = model(tiny["ids"], attention_mask=tiny["mask"], return_trace=True)
     cap = tiny["capture"]
     for name, theirs in cap.trace.items():
-        if name.startswith("embeddings.") or name.startswith("encoder.layer.0."):
-            ours = out.trace[name].astype(np.int64)
-            if module_kind(name) == "IntGELU":
-                rel = np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1)
-                assert rel.max() <= 2.0**-12, (name, rel.max())  # one accumulator ulp over small x
-            else:
-                np.testing.assert_array_equal(ours, theirs, err_msg=name)
-    last = f"encoder.layer.{CONFIGS[tiny['name']]['num_hidden_layers'] - 1}.output.output_activation"
-    agree = np.mean(out.trace[last].astype(np.int64) == cap.trace[last])
-    assert agree >= 0.98, f"numpy GEMM backend: {agree:.4f} of final int8 codes agree"
+        ours = out.trace[name].astype(np.int64)
+        if name.startswith("embeddings."):
+            np.testing.assert_array_equal(ours, theirs, err_msg=name)
+        elif module_kind(name) == "QuantAct":
+            agree = np.mean(ours == theirs)
+            assert agree >= 0.98, f"{name}: {agree:.4f} of codes agree with the numpy GEMM backend"
 
 
 def test_exact_datapath_replay_equals_transformers_where_float32_is_exact(tiny):
