@@ -43,7 +43,9 @@ class QTensor:
 
 
 class GemmBackend:
-    """float32 reductions of the transformers datapath whose summation order matters."""
+    """The float32 kernels of the transformers datapath whose bits depend on the library:
+    GEMMs and sums (summation order) and sqrt (torch's vectorised float32 sqrt is not
+    always correctly rounded: floor(sqrt(980316032)) is 31310 in torch, 31309 in NumPy)."""
 
     name = "abstract"
 
@@ -60,6 +62,9 @@ class GemmBackend:
         raise NotImplementedError
 
     def mean_last(self, x_f32):
+        raise NotImplementedError
+
+    def sqrt(self, x_f32):
         raise NotImplementedError
 
 
@@ -92,6 +97,9 @@ class NumpyGemm(GemmBackend):
     def mean_last(self, x_f32):
         return np.mean(x_f32, axis=-1, keepdims=True, dtype=F32)
 
+    def sqrt(self, x_f32):
+        return np.sqrt(x_f32)
+
 
 class TorchGemm(GemmBackend):
     """torch's own float32 kernels, called with the same shapes and views as transformers.
@@ -107,7 +115,10 @@ class TorchGemm(GemmBackend):
         self.torch = torch
 
     def _t(self, a):
-        return self.torch.from_numpy(np.ascontiguousarray(a))
+        # clone(): torch-allocated (64-byte aligned) storage, as transformers' own tensors
+        # have. A NumPy buffer may be aligned differently, and torch's vectorised float32
+        # reductions split the work by alignment, which changes the rounding.
+        return self.torch.from_numpy(np.ascontiguousarray(a)).clone()
 
     def linear(self, x_f32, w_f32, b_f32):
         f = self.torch.nn.functional.linear
@@ -133,6 +144,9 @@ class TorchGemm(GemmBackend):
 
     def mean_last(self, x_f32):
         return self._t(x_f32).mean(dim=-1, keepdim=True).numpy()
+
+    def sqrt(self, x_f32):
+        return self.torch.sqrt(self._t(x_f32)).numpy()
 
 
 def make_gemm_backend(name: str) -> GemmBackend:
@@ -393,7 +407,7 @@ class TransformersDatapath(Datapath):
         return self.gemm.sum_last(x)
 
     def floor_sqrt(self, v):
-        return np.floor(np.sqrt(v))
+        return np.floor(self.gemm.sqrt(v))
 
     def linear(self, x, w, b):
         return self.gemm.linear(x, w, b)
