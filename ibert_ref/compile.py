@@ -14,17 +14,20 @@ layer the embeddings' output scale (stale), the exact datapath the previous laye
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 
 from .datapath import Datapath
+from .float_ops import FloatLayerNormParams
 from .kernels import (
     EmbeddingParams,
     GeluParams,
     LayerNormParams,
     LinearParams,
+    QuantizeInputParams,
     RequantParams,
     SoftmaxParams,
 )
@@ -54,6 +57,22 @@ SOFTMAX_ACT_BITS = 16
 
 Getter = Callable[[str], np.ndarray]
 
+#: ``config.force_dequant`` values and the non-linearities each one runs in float32
+#: (transformers: IntGELU / IntSoftmax / IntLayerNorm built with quant_mode=False).
+FORCE_DEQUANT = {
+    "none": frozenset(),
+    "gelu": frozenset({"gelu"}),
+    "softmax": frozenset({"softmax"}),
+    "layernorm": frozenset({"layernorm"}),
+    "nonlinear": frozenset({"gelu", "softmax", "layernorm"}),
+}
+
+#: A QuantAct's compiled form: a dyadic requantization (its producer was integer) or the
+#: input-quantization path (its producer ran in float, see ``force_dequant``).
+ActParams = Union[RequantParams, QuantizeInputParams]
+#: A LayerNorm's compiled form: IntLayerNorm, or its float32 fallback.
+NormParams = Union[LayerNormParams, FloatLayerNormParams]
+
 
 class CompileError(ValueError):
     """The checkpoint cannot be compiled (missing calibration, bad ranges, ...)."""
@@ -61,7 +80,12 @@ class CompileError(ValueError):
 
 @dataclass
 class LayerParams:
-    """Every constant of one IBertLayer, named after transformers' modules."""
+    """Every constant of one IBertLayer, named after transformers' modules.
+
+    With ``force_dequant``, ``softmax``/``gelu`` are None (the op runs in float32), the
+    LayerNorms are :class:`~ibert_ref.float_ops.FloatLayerNormParams`, and the QuantAct that
+    follows a float op is a :class:`~ibert_ref.kernels.QuantizeInputParams`.
+    """
 
     query: LinearParams
     key: LinearParams
@@ -70,22 +94,22 @@ class LayerParams:
     key_activation: RequantParams
     value_activation: RequantParams
     score_scale: np.ndarray
-    softmax: SoftmaxParams
+    softmax: Optional[SoftmaxParams]
     context_scale: np.ndarray
-    self_output_activation: RequantParams
+    self_output_activation: ActParams
     attn_dense: LinearParams
     attn_ln_input_act: RequantParams
-    attn_layernorm: LayerNormParams
-    attn_output_activation: RequantParams
+    attn_layernorm: NormParams
+    attn_output_activation: ActParams
     pre_intermediate_act: RequantParams
     intermediate_dense: LinearParams
-    gelu: GeluParams
-    intermediate_output_activation: RequantParams
+    gelu: Optional[GeluParams]
+    intermediate_output_activation: ActParams
     pre_output_act: RequantParams
     output_dense: LinearParams
     output_ln_input_act: RequantParams
-    output_layernorm: LayerNormParams
-    output_activation: RequantParams
+    output_layernorm: NormParams
+    output_activation: ActParams
     input_scale: np.ndarray
 
 
@@ -96,8 +120,12 @@ class EmbeddingsParams:
     position: EmbeddingParams
     act1_first: RequantParams  # word + token_type
     act1_second: RequantParams  # (word + token_type) + position: same module again
-    layernorm: LayerNormParams
-    output_activation: RequantParams
+    layernorm: NormParams
+    output_activation: ActParams
+    #: inputs_embeds: the float input quantized to act1's 16 bits (input-quantization path)
+    act1_input: Optional[QuantizeInputParams] = None
+    #: inputs_embeds, exact datapath only: token type added to the quantized input
+    act1_input_identity: Optional[RequantParams] = None
 
 
 @dataclass
@@ -116,6 +144,8 @@ class CompiledModel:
     layers: List[LayerParams]
     pooler: PoolerParams | None
     notes: Dict[str, str] = field(default_factory=dict)
+    #: non-linearities run in float32 (``config.force_dequant``): subset of gelu/softmax/layernorm
+    force_dequant: frozenset = frozenset()
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,6 +188,25 @@ def linear_params(dp: Datapath, w_f32, b_f32, in_scale_f32) -> LinearParams:
     return LinearParams(w=dp.weights(w_int), b=dp.const(b_int), out_scale=out_scale)
 
 
+#: Largest IntLayerNorm ``shift`` accepted: its inputs are at most 32 bits wide.
+MAX_LAYERNORM_SHIFT = 31
+#: Compile-time integer constants must stay below this magnitude (int64 with headroom; a
+#: calibrated model is far below it: c_int ~ 3 / s^2 reaches it only for scales s < 1e-9).
+MAX_CONSTANT = 2**62
+
+
+def _check_int_constants(what: str, **consts) -> None:
+    """Refuse constants that are not finite or too large for int64 arithmetic (degenerate scales)."""
+    for name, v in consts.items():
+        v = np.asarray(v, dtype=np.float64)
+        bad = v[~np.isfinite(v) | (np.abs(v) >= MAX_CONSTANT)]
+        if bad.size:
+            raise CompileError(
+                f"{what}: constant {name} = {bad[0]:.4g} is not a finite integer below 2^62; "
+                "the calibrated ranges behind it are degenerate (corrupt or uncalibrated checkpoint?)"
+            )
+
+
 def softmax_params(dp: Datapath, score_scale_f32, act_scale_f32) -> SoftmaxParams:
     s = np.asarray(score_scale_f32, dtype=F32)
     s2 = s * s
@@ -165,6 +214,7 @@ def softmax_params(dp: Datapath, score_scale_f32, act_scale_f32) -> SoftmaxParam
     b_int = np.floor(rdiv_f32(SOFTMAX_COEF[1], s))
     c_int = np.floor(rdiv_f32(SOFTMAX_COEF[2], s2))
     exp_scale = (F32(SOFTMAX_COEF[0]) * s2) / F32(2**30)
+    _check_int_constants(f"IntSoftmax (score scale {s.reshape(-1)[0]:.3g})", x0_int=x0_int, b_int=b_int, c_int=c_int)
     return SoftmaxParams(
         x0_int=dp.const(x0_int),
         x0_30=dp.const(F32(30) * x0_int),
@@ -187,6 +237,7 @@ def gelu_params(dp: Datapath, in_scale_f32) -> GeluParams:
     erf_scale = (t2 * F32(GELU_COEF[0])) * F32(2**GELU_CONST)
     one = np.floor_divide(F32(1.0), erf_scale)
     out_scale = (s * erf_scale) / F32(2)
+    _check_int_constants(f"IntGELU (input scale {s.reshape(-1)[0]:.3g})", b_int=b_int, c_int=c_int, one=one)
     return GeluParams(b_int=dp.const(b_int), c_int=dp.const(c_int), one=dp.const(one), out_scale=out_scale)
 
 
@@ -197,22 +248,43 @@ def layernorm_params(dp: Datapath, gamma_f32, beta_f32, shift_f32) -> LayerNormP
     shift = float(np.asarray(shift_f32).reshape(-1)[0])
     if shift < 0 or shift != int(shift):
         raise CompileError(f"IntLayerNorm shift must be a non-negative integer, got {shift}")
+    if shift > MAX_LAYERNORM_SHIFT:
+        raise CompileError(
+            f"IntLayerNorm shift {shift:g} > {MAX_LAYERNORM_SHIFT}: inputs are at most 32 bits, so every "
+            "floor(y / 2^shift) would be 0 or -1 (corrupt checkpoint?)"
+        )
     dim_sqrt = np.sqrt(F32(hidden))
     base_scale = dim_sqrt / F32(2**30)
     bias_int = np.floor((beta_f32 / gamma_f32) / base_scale)
+    _check_int_constants("IntLayerNorm", bias_int=bias_int)
     return LayerNormParams(shift=int(shift), bias_int=dp.const(bias_int), out_scale=base_scale * gamma_f32)
 
 
 # ---------------------------------------------------------------------------------------
-def compile_embeddings(dp: Datapath, get: Getter) -> EmbeddingsParams:
+def norm_params(dp: Datapath, get: Getter, prefix: str, fd: frozenset, eps: float) -> NormParams:
+    """IntLayerNorm ``prefix`` compiled, or its float32 fallback when LayerNorm is dequantized."""
+    gamma, beta = get(prefix + ".weight"), get(prefix + ".bias")
+    if "layernorm" in fd:
+        return FloatLayerNormParams(gamma=gamma.astype(F32), beta=beta.astype(F32), eps=float(eps))
+    return layernorm_params(dp, gamma, beta, get(prefix + ".shift"))
+
+
+def act_params(bits: int, out_scale, producer) -> ActParams:
+    """The QuantAct after ``producer``: requantization from the producer's output scale,
+    or the input-quantization path when the producer ran in float (``producer`` is None or
+    a :class:`FloatLayerNormParams`)."""
+    if producer is None or isinstance(producer, FloatLayerNormParams):
+        return QuantizeInputParams(bits=bits, scale=out_scale)
+    return requant_params(bits, out_scale, producer.out_scale)
+
+
+def compile_embeddings(dp: Datapath, get: Getter, fd: frozenset = frozenset(), eps: float = 1e-12) -> EmbeddingsParams:
     p = "embeddings."
     word = embedding_params(dp, get(p + "word_embeddings.weight"))
     token_type = embedding_params(dp, get(p + "token_type_embeddings.weight"))
     position = embedding_params(dp, get(p + "position_embeddings.weight"))
     s_act1 = act_scale(get, p + "embeddings_act1", EMBEDDING_ACT_BITS)
-    layernorm = layernorm_params(
-        dp, get(p + "LayerNorm.weight"), get(p + "LayerNorm.bias"), get(p + "LayerNorm.shift")
-    )
+    layernorm = norm_params(dp, get, p + "LayerNorm", fd, eps)
     s_out = act_scale(get, p + "output_activation", ACT_BITS)
     return EmbeddingsParams(
         word=word,
@@ -221,11 +293,15 @@ def compile_embeddings(dp: Datapath, get: Getter) -> EmbeddingsParams:
         act1_first=requant_params(EMBEDDING_ACT_BITS, s_act1, word.scale, token_type.scale),
         act1_second=requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, position.scale),
         layernorm=layernorm,
-        output_activation=requant_params(ACT_BITS, s_out, layernorm.out_scale),
+        output_activation=act_params(ACT_BITS, s_out, layernorm),
+        act1_input=QuantizeInputParams(bits=EMBEDDING_ACT_BITS, scale=s_act1),
+        act1_input_identity=requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, token_type.scale),
     )
 
 
-def compile_layer(dp: Datapath, get: Getter, i: int, in_scale, num_heads: int) -> LayerParams:
+def compile_layer(
+    dp: Datapath, get: Getter, i: int, in_scale, num_heads: int, fd: frozenset = frozenset(), eps: float = 1e-12
+) -> LayerParams:
     p = f"encoder.layer.{i}."
     sa = p + "attention.self."
     hidden = get(sa + "query.weight").shape[0]
@@ -239,27 +315,31 @@ def compile_layer(dp: Datapath, get: Getter, i: int, in_scale, num_heads: int) -
     s_k = act_scale(get, sa + "key_activation", ACT_BITS)
     s_v = act_scale(get, sa + "value_activation", ACT_BITS)
     score_scale = (s_q * s_k) / F32(math.sqrt(head_dim))
-    softmax = softmax_params(dp, score_scale, act_scale(get, sa + "softmax.act", SOFTMAX_ACT_BITS))
+    softmax = None  # float softmax: softmax.act is never called (nor calibrated)
+    if "softmax" not in fd:
+        softmax = softmax_params(dp, score_scale, act_scale(get, sa + "softmax.act", SOFTMAX_ACT_BITS))
     context_scale = F32(1.0 / 256.0) * s_v
     s_ctx_out = act_scale(get, sa + "output_activation", ACT_BITS)
+    if softmax is None:
+        self_output_activation = QuantizeInputParams(bits=ACT_BITS, scale=s_ctx_out)
+    else:
+        self_output_activation = requant_params(ACT_BITS, s_ctx_out, context_scale)
 
     ao = p + "attention.output."
     attn_dense = lin(ao + "dense", s_ctx_out)
     s_ln1_in = act_scale(get, ao + "ln_input_act", LN_INPUT_BITS)
-    ln1 = layernorm_params(dp, get(ao + "LayerNorm.weight"), get(ao + "LayerNorm.bias"), get(ao + "LayerNorm.shift"))
+    ln1 = norm_params(dp, get, ao + "LayerNorm", fd, eps)
     s_attn_out = act_scale(get, ao + "output_activation", ACT_BITS)
     s_pre_int = act_scale(get, p + "pre_intermediate_act", ACT_BITS)
 
     inter_dense = lin(p + "intermediate.dense", s_pre_int)
-    gelu = gelu_params(dp, inter_dense.out_scale)
+    gelu = None if "gelu" in fd else gelu_params(dp, inter_dense.out_scale)
     s_inter_out = act_scale(get, p + "intermediate.output_activation", ACT_BITS)
     s_pre_out = act_scale(get, p + "pre_output_act", ACT_BITS)
 
     out_dense = lin(p + "output.dense", s_pre_out)
     s_ln2_in = act_scale(get, p + "output.ln_input_act", LN_INPUT_BITS)
-    ln2 = layernorm_params(
-        dp, get(p + "output.LayerNorm.weight"), get(p + "output.LayerNorm.bias"), get(p + "output.LayerNorm.shift")
-    )
+    ln2 = norm_params(dp, get, p + "output.LayerNorm", fd, eps)
     s_layer_out = act_scale(get, p + "output.output_activation", ACT_BITS)
 
     return LayerParams(
@@ -272,22 +352,59 @@ def compile_layer(dp: Datapath, get: Getter, i: int, in_scale, num_heads: int) -
         score_scale=score_scale,
         softmax=softmax,
         context_scale=context_scale,
-        self_output_activation=requant_params(ACT_BITS, s_ctx_out, context_scale),
+        self_output_activation=self_output_activation,
         attn_dense=attn_dense,
         attn_ln_input_act=requant_params(LN_INPUT_BITS, s_ln1_in, attn_dense.out_scale, in_scale),
         attn_layernorm=ln1,
-        attn_output_activation=requant_params(ACT_BITS, s_attn_out, ln1.out_scale),
+        attn_output_activation=act_params(ACT_BITS, s_attn_out, ln1),
         pre_intermediate_act=requant_params(ACT_BITS, s_pre_int, s_attn_out),
         intermediate_dense=inter_dense,
         gelu=gelu,
-        intermediate_output_activation=requant_params(ACT_BITS, s_inter_out, gelu.out_scale),
+        intermediate_output_activation=act_params(ACT_BITS, s_inter_out, gelu),
         pre_output_act=requant_params(ACT_BITS, s_pre_out, s_inter_out),
         output_dense=out_dense,
         output_ln_input_act=requant_params(LN_INPUT_BITS, s_ln2_in, out_dense.out_scale, s_pre_int),
         output_layernorm=ln2,
-        output_activation=requant_params(ACT_BITS, s_layer_out, ln2.out_scale),
+        output_activation=act_params(ACT_BITS, s_layer_out, ln2),
         input_scale=np.asarray(in_scale, dtype=F32),
     )
+
+
+def dequantized_ops(config: dict) -> frozenset:
+    """The non-linearities ``config.force_dequant`` runs in float32 (empty for "none")."""
+    fd = config.get("force_dequant", "none")
+    if fd is None:
+        fd = "none"
+    if fd not in FORCE_DEQUANT:
+        # transformers silently treats an unknown value as "none"; a typo here would
+        # quietly change the model, so refuse it.
+        raise CompileError(f"force_dequant={fd!r} is not one of {sorted(FORCE_DEQUANT)}")
+    return FORCE_DEQUANT[fd]
+
+
+#: config.json fields the compiler reads: name -> (smallest allowed value, default or None if required).
+CONFIG_INTS = {
+    "hidden_size": (1, None),
+    "num_attention_heads": (1, None),
+    "num_hidden_layers": (0, None),
+    "intermediate_size": (1, None),
+    "vocab_size": (1, None),
+    "max_position_embeddings": (1, None),
+    "type_vocab_size": (1, 1),
+    "pad_token_id": (0, 1),
+}
+
+
+def _check_config_ints(config: dict) -> None:
+    """Every integer field the compiler reads is present, an int (not bool/str/float) and in range."""
+    for name, (lowest, default) in CONFIG_INTS.items():
+        if name not in config and default is not None:
+            continue
+        if name not in config:
+            raise CompileError(f"config.json has no {name!r} (required by I-BERT)")
+        v = config[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < lowest:
+            raise CompileError(f"config.json: {name}={v!r} must be an integer >= {lowest}")
 
 
 def check_config(config: dict) -> None:
@@ -299,9 +416,8 @@ def check_config(config: dict) -> None:
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
         raise CompileError(f"hidden_act={act!r}: I-BERT only supports 'gelu' (as transformers)")
-    fd = config.get("force_dequant", "none")
-    if fd not in ("none", None):
-        raise CompileError(f"force_dequant={fd!r} is not supported by this version (only 'none')")
+    dequantized_ops(config)  # validates force_dequant
+    _check_config_ints(config)
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     if hidden % heads != 0:
         raise CompileError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
@@ -334,18 +450,91 @@ def expected_shape(key: str, config: dict):
     return None
 
 
-def compile_model(dp: Datapath, config: dict, get: Getter, has: Callable[[str], bool]) -> CompiledModel:
-    """Compile every op of an IBertModel for datapath ``dp`` (see the module docstring)."""
+def act_out_scale(p: ActParams) -> np.ndarray:
+    """The output scale of a compiled QuantAct (either path)."""
+    return p.scale if isinstance(p, QuantizeInputParams) else p.out_scale
+
+
+def compile_model(
+    dp: Datapath, config: dict, get: Getter, has: Callable[[str], bool], add_pooling_layer: bool = True
+) -> CompiledModel:
+    """Compile every op of an IBertModel for datapath ``dp`` (see the module docstring).
+
+    ``add_pooling_layer=False`` skips the pooler (transformers' task models other than
+    multiple choice build their encoder without one, even if the checkpoint has it).
+    """
     check_config(config)
-    emb = compile_embeddings(dp, get)
-    emb_scale = emb.output_activation.out_scale
+    fd = dequantized_ops(config)
+    eps = float(config.get("layer_norm_eps", 1e-12))
+    emb = compile_embeddings(dp, get, fd, eps)
+    emb_scale = act_out_scale(emb.output_activation)
     layers = []
     in_scale = emb_scale
     for i in range(config["num_hidden_layers"]):
-        layer = compile_layer(dp, get, i, emb_scale if dp.stale_layer_scale else in_scale, config["num_attention_heads"])
+        layer = compile_layer(
+            dp, get, i, emb_scale if dp.stale_layer_scale else in_scale, config["num_attention_heads"], fd, eps
+        )
         layers.append(layer)
-        in_scale = layer.output_activation.out_scale
+        in_scale = act_out_scale(layer.output_activation)
     pooler = None
-    if has("pooler.dense.weight"):
+    if add_pooling_layer and has("pooler.dense.weight"):
         pooler = PoolerParams(w=get("pooler.dense.weight").astype(F32), b=get("pooler.dense.bias").astype(F32))
-    return CompiledModel(config=config, datapath_name=dp.name, embeddings=emb, layers=layers, pooler=pooler)
+    return CompiledModel(
+        config=config, datapath_name=dp.name, embeddings=emb, layers=layers, pooler=pooler, force_dequant=fd
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Which stored tensors belong to the encoder (anything else in its namespaces is refused)
+_QUANT_ACT = r"(x_min|x_max|act_scaling_factor)"
+_LINEAR = r"(weight|bias|weight_integer|bias_integer|fc_scaling_factor)"
+_LAYERNORM = r"LayerNorm\.((weight|bias|shift)|activation\." + _QUANT_ACT + ")"
+_ENCODER_TENSOR = re.compile(
+    r"^(?:ibert\.)?(?:"
+    r"embeddings\.(?:position_ids|token_type_ids"
+    r"|(?:word|position|token_type)_embeddings\.(?:weight|weight_integer|weight_scaling_factor)"
+    r"|(?:embeddings_act1|embeddings_act2|output_activation)\." + _QUANT_ACT + "|" + _LAYERNORM + ")"
+    r"|encoder\.layer\.(?P<layer>\d+)\.(?:"
+    r"attention\.self\.(?:(?:query|key|value)\." + _LINEAR
+    + r"|(?:query_activation|key_activation|value_activation|output_activation|softmax\.act)\." + _QUANT_ACT + ")"
+    r"|attention\.output\.(?:dense\." + _LINEAR + r"|(?:ln_input_act|output_activation)\." + _QUANT_ACT
+    + "|" + _LAYERNORM + ")"
+    r"|(?:pre_intermediate_act|pre_output_act|intermediate\.output_activation)\." + _QUANT_ACT
+    + r"|intermediate\.dense\." + _LINEAR
+    + r"|output\.(?:dense\." + _LINEAR + r"|(?:ln_input_act|output_activation)\." + _QUANT_ACT + "|" + _LAYERNORM + ")"
+    r")"
+    r"|pooler\.dense\.(?:weight|bias)"
+    r")$"
+)
+_ENCODER_NAMESPACE = re.compile(r"^(?:ibert\.)?(?:embeddings|encoder|pooler)\.")
+
+
+def check_tensor_keys(keys, config: dict) -> None:
+    """Refuse stored tensors inside the encoder's namespaces (``embeddings.``, ``encoder.``,
+    ``pooler.``, optionally ``ibert.``-prefixed) that no I-BERT module owns, and layers beyond
+    ``num_hidden_layers``: a typo'd or extra tensor would otherwise be silently ignored (and a
+    renamed ``pooler.dense.weight`` would silently drop the pooler). Task heads
+    (``classifier.``, ``lm_head.``, ...) and transformers' cached integer weights and scaling
+    factors are accepted. Raises :class:`~ibert_ref.loading.CheckpointError`."""
+    from .loading import CheckpointError
+
+    layers = config.get("num_hidden_layers", 0)
+    unknown, beyond = [], []
+    for key in keys:
+        if not _ENCODER_NAMESPACE.match(key):
+            continue
+        m = _ENCODER_TENSOR.match(key)
+        if m is None:
+            unknown.append(key)
+        elif m.group("layer") is not None and int(m.group("layer")) >= layers:
+            beyond.append(key)
+    if beyond:
+        raise CheckpointError(
+            f"checkpoint has tensors for encoder layers beyond num_hidden_layers={layers} in config.json, "
+            f"e.g. {beyond[0]!r} ({len(beyond)} tensors): config and weights do not match"
+        )
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint has {len(unknown)} tensor(s) that no I-BERT module owns, e.g. {unknown[:3]} "
+            "(typo, corruption, or not an I-BERT checkpoint)"
+        )

@@ -118,10 +118,10 @@ def requantize(dp: Datapath, x: QTensor, p: RequantParams, identity: Optional[QT
     product up to 93 bits (held in two int64 limbs), output ``b`` bits (8, 16 or 22).
     """
     z = dp.round_recover(x)
-    out = dp.dyadic_round(z, p.dy)
+    out = dp.dyadic_round(z, dp.requant_multiplier(p.dy, x))
     if identity is not None:
         z_id = dp.round_recover(identity)
-        out = dp.dyadic_round(z_id, p.dy_identity) + out
+        out = dp.dyadic_round(z_id, dp.requant_multiplier(p.dy_identity, identity)) + out
     return dp.emit(dp.clamp_bits(out, p.bits), p.out_scale)
 
 
@@ -141,7 +141,14 @@ def attention_scores(dp: Datapath, q: QTensor, k: QTensor, num_heads: int, mask,
     Scale ``s_q * s_k / sqrt(hd)``. Keys with ``mask == 0`` get minus infinity, so IntSoftmax
     clamps them to ``30 * x0_int``. Returns the datapath's integers (B, heads, T, T).
     """
-    return dp.attention_scores(q, k, num_heads, mask, scale_f32)
+    scores = dp.attention_scores(q, k, num_heads, mask, scale_f32)
+    dp.note("scores", "QK^T acc", lambda: scores if mask is None else scores[_live_keys(mask, scores.shape)])
+    return scores
+
+
+def _live_keys(mask, shape):
+    """(B, T) 0/1 key mask -> boolean mask of the unmasked score positions (B, heads, T, T)."""
+    return np.broadcast_to(np.asarray(mask)[:, None, None, :].astype(bool), shape)
 
 
 def int_exp(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
@@ -160,6 +167,8 @@ def int_exp(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
     z_q = dp.floor_div(x, p.x0_int)
     r = x - p.x0_int * z_q
     poly = (r + p.b_int) * r + p.c_int
+    dp.note("exp", "poly", poly)
+    dp.note("exp", "exp_int = poly*2^(30-q)", lambda: _left_shifted_range(poly, 30 - z_q))
     e16 = dp.exp_requantize(poly, z_q, p.exp_scale, p.dy_tf, p.dy_exact, p.act_bits)
     return dp.emit(e16, p.act_scale)
 
@@ -173,9 +182,25 @@ def softmax_normalize(dp: Datapath, e: QTensor, p: SoftmaxParams) -> QTensor:
     scale 2^-8. Floors only. Row sums are 249..256, not exactly 256.
     """
     e_int = dp.recover(e)
-    factor = dp.floor_div_into(2**32, dp.sum_last(e_int))
-    out = dp.floor_div_pow2(e_int * factor, 32 - p.out_bits)
+    e_sum = dp.sum_last(e_int)
+    factor = dp.floor_div_into(2**32, e_sum)
+    e_times_factor = e_int * factor
+    out = dp.floor_div_pow2(e_times_factor, 32 - p.out_bits)
+    dp.note("softmax", "sum(e)", e_sum, unsigned=True)
+    dp.note("softmax", "factor = 2^32 // sum", factor, unsigned=True)
+    dp.note("softmax", "e * factor", e_times_factor, unsigned=True)
     return dp.emit(out, SOFTMAX_OUT_SCALE_F32)
+
+
+def _left_shifted_range(v, left):
+    """(min, max) of ``max(v, 0) * 2^left`` as Python ints (the value may exceed int64)."""
+    v_i64 = np.maximum(np.rint(np.asarray(v)), 0).astype(np.int64)
+    left_i64 = np.broadcast_to(np.rint(np.asarray(left)).astype(np.int64), v_i64.shape)
+    hi = 0
+    for k in np.unique(left_i64):
+        top = int(v_i64[left_i64 == k].max())
+        hi = max(hi, top << int(k) if k >= 0 else top >> int(-k))
+    return 0, hi
 
 
 def int_softmax(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
@@ -189,28 +214,70 @@ def int_gelu(dp: Datapath, x: QTensor, p: GeluParams) -> QTensor:
     ``erf_q = sign(x) * ((min(|x|, -b_int) + b_int)^2 + c_int)``, then
     ``erf_q = floor(erf_q / 2^14)``; output ``x * (erf_q + one)`` — about 40 bits (the
     widest product in I-BERT). Floors only; output scale ``s * s_erf / 2`` (negative).
+    A datapath may substitute its own variant (``dp.variant_kernel("int_gelu")``: the int32
+    IntGELU of :mod:`ibert_ref.hardware.profiles`).
     """
+    variant = dp.variant_kernel("int_gelu")
+    if variant is not None:
+        return variant(dp, x, p)
     x_int = dp.recover(x)
     sign = np.sign(x_int)
     clipped = np.minimum(np.abs(x_int), -p.b_int)
-    erf_q = sign * ((clipped + p.b_int) ** 2 + p.c_int)
-    erf_q = dp.floor_div_pow2(erf_q, 14)
-    return dp.emit(x_int * (erf_q + p.one), p.out_scale)
+    erf_poly = (clipped + p.b_int) ** 2 + p.c_int
+    erf_q = dp.floor_div_pow2(sign * erf_poly, 14)
+    product = x_int * (erf_q + p.one)
+    dp.note("gelu", "erf poly (|x|+b)^2+c", erf_poly)
+    dp.note("gelu", "erf_q + one", lambda: erf_q + p.one)
+    dp.note("gelu", "x * (erf_q + one)", product)
+    return dp.emit(product, p.out_scale)
 
 
 def int_layernorm(dp: Datapath, x: QTensor, p: LayerNormParams) -> QTensor:
     """IntLayerNorm over the last axis (D channels):
 
     ``mean = rne(sum(x) / D)``, ``y = x - mean``, ``var = sum(floor(y / 2^shift)^2)``
-    (< 2^32 after calibration), ``std = isqrt(var) * 2^shift`` (integer floor-sqrt),
+    (< 2^32 after calibration, but it can exceed 2^31: a uint32, not an int32; ``dp.sum_squares``),
+    ``std = isqrt(var) * 2^shift`` (integer floor-sqrt),
     ``factor = floor(2^31 / std)``, ``out = floor(y * factor / 2) + bias_int``.
     Output ~31 bits, scale ``sqrt(D) / 2^30 * gamma`` per channel.
     """
     x_int = dp.recover(x)
     y = x_int - dp.round_mean_last(x_int)
     y_shifted = dp.floor_div_pow2(y, p.shift)
-    var = dp.sum_last(y_shifted * y_shifted)
+    var = dp.sum_squares(y_shifted)
     std = dp.floor_sqrt(var) * dp.pow2(p.shift)
     factor = dp.floor_div_into(2**31, std)
-    out = dp.floor_div_pow2(y * factor, 1) + p.bias_int
+    y_times_factor = y * factor
+    out = dp.floor_div_pow2(y_times_factor, 1) + p.bias_int
+    dp.note("layernorm", "sum(x)", lambda: x_int.sum(axis=-1))
+    dp.note("layernorm", "y = x - mean", y)
+    dp.note("layernorm", "var = sum((y>>shift)^2)", var, unsigned=True)
+    dp.note("layernorm", "y * factor", y_times_factor)
     return dp.emit(out, p.out_scale)
+
+
+@dataclass
+class QuantizeInputParams:
+    """QuantAct without a pre-scale (its input is a float): ``bits`` wide, scale ``scale``."""
+
+    bits: int
+    scale: np.ndarray
+
+
+def quantize_input(dp: Datapath, x_f32: np.ndarray, p: QuantizeInputParams) -> QTensor:
+    """QuantAct's input-quantization path (transformers' ``SymmetricQuantFunction``), taken
+    when the producer ran in float (``force_dequant``) or the input is ``inputs_embeds``:
+
+    ``q = clamp( rne( fl(fl(1 / s) * x) ), -(2^(b-1) - 1), 2^(b-1) - 2 )``
+
+    float32 reciprocal first, then the product (torch's ``1.0 / scale * x``), round half to
+    even, and the *asymmetric* clamp of SymmetricQuantFunction ([-127, 126] for 8 bits).
+    The same in every datapath: the input is a float32 value, not an integer.
+    """
+    n = 2 ** (p.bits - 1) - 1
+    scale_f32 = np.asarray(p.scale, dtype=F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q_f32 = np.rint((F32(1.0) / scale_f32) * np.asarray(x_f32, dtype=F32))
+    if np.isnan(q_f32).any():
+        raise FloatingPointError("quantize_input: NaN reached a QuantAct (float non-linearity overflowed?)")
+    return dp.emit(np.clip(q_f32, F32(-n), F32(n - 1)), scale_f32)

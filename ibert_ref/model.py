@@ -9,14 +9,16 @@ its output stands for, keyed by transformers' module path.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from . import kernels as K
-from .compile import CompiledModel, EmbeddingsParams, LayerParams, compile_model, expected_shape
-from .datapath import Datapath, QTensor, make_datapath
+from .compile import CompiledModel, EmbeddingsParams, LayerParams, check_tensor_keys, compile_model, expected_shape
+from .datapath import Datapath, QTensor, TransformersDatapath, make_datapath
+from .float_ops import FloatLayerNormParams, FloatOps, float_ops_for
 from .intops import smallest_int_dtype
 from .quant import F32
 
@@ -49,6 +51,7 @@ class Tracer:
         self.meta: Dict[str, TraceEntry] = {}
 
     def __call__(self, name: str, kind: str, t: QTensor, bits: Optional[int] = None) -> QTensor:
+        self.dp.end_op(self.prefix + name, kind)
         q = self.dp.integers(t)
         bits = OP_BITS[kind] if bits is None else bits
         lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
@@ -66,10 +69,29 @@ def _no_trace(name, kind, t, bits=None):
     return t
 
 
+def _name_ops(dp: Datapath):
+    """The tracer's stand-in without a trace: tells the datapath which op just ran (hardware
+    profiles file their overflow events under it)."""
+
+    def rec(name, kind, t, bits=None):
+        dp.end_op(name, kind)
+        return t
+
+    return rec
+
+
 @dataclass
 class IBertModelOutput:
     """Mirrors transformers' ``BaseModelOutputWithPooling`` (float32 NumPy arrays), plus
-    the integers: ``trace`` (module path -> int ndarray) when ``return_trace=True``."""
+    the integers: ``trace`` (module path -> int ndarray) when ``return_trace=True``.
+
+    With ``output_hidden_states``: ``hidden_states`` (embeddings output, then each layer's;
+    float32 ``q * s``) and their int8 codes/scales ``hidden_states_int``/``hidden_states_scale``.
+    With ``output_attentions``: ``attentions`` (float32 probabilities, after ``head_mask``)
+    and ``attentions_int`` (integers in [0, 256]) with ``attentions_scale`` (2^-8); both are
+    None when ``force_dequant`` runs the softmax in float (``attentions`` then holds the
+    float32 softmax).
+    """
 
     last_hidden_state: np.ndarray
     pooler_output: Optional[np.ndarray] = None
@@ -79,6 +101,13 @@ class IBertModelOutput:
     trace_meta: Optional[Dict[str, TraceEntry]] = None
     last_hidden_state_int: Optional[np.ndarray] = None
     last_hidden_state_scale: Optional[np.ndarray] = None
+    #: Where the datapath wrapped or saturated (hardware profiles; empty otherwise):
+    #: :class:`~ibert_ref.hardware.oplog.OverflowRecord` per op and part.
+    overflow_events: list = field(default_factory=list)
+    hidden_states_int: Optional[tuple] = None
+    hidden_states_scale: Optional[tuple] = None
+    attentions_int: Optional[tuple] = None
+    attentions_scale: Optional[tuple] = None
 
     def __getitem__(self, i):
         return self.to_tuple()[i]
@@ -97,61 +126,128 @@ def roberta_position_ids(input_ids: np.ndarray, pad_token_id: int) -> np.ndarray
     return np.cumsum(real, axis=1) * real + pad_token_id
 
 
-def embeddings_forward(dp, p: EmbeddingsParams, input_ids, token_type_ids, position_ids, rec) -> QTensor:
-    """ids (B,T) -> int8 (B,T,H). word + token_type (16-bit act) + position (same act), LN, int8."""
+def reproduces_transformers_quirks(dp) -> bool:
+    """Whether ``dp`` reproduces transformers' data-flow quirks (the transformers datapath)."""
+    return isinstance(dp, TransformersDatapath)
+
+
+def quant_act(dp, x, p):
+    """A QuantAct: dyadic requantization of an integer :class:`QTensor`, or — when its
+    producer ran in float (``force_dequant``) — the input-quantization path on the float32
+    value (``p`` is then a :class:`~ibert_ref.kernels.QuantizeInputParams`)."""
+    if isinstance(p, K.QuantizeInputParams):
+        return K.quantize_input(dp, x if isinstance(x, np.ndarray) else dp.dequantize(x), p)
+    return K.requantize(dp, x, p)
+
+
+def layer_norm(dp, fops, x: QTensor, p, rec, name):
+    """IntLayerNorm (traced), or its float32 fallback (returns a float32 array, untraced)."""
+    if isinstance(p, FloatLayerNormParams):
+        return fops.ibert_layernorm(dp.dequantize(x), p)
+    return rec(name, "IntLayerNorm", K.int_layernorm(dp, x, p))
+
+
+def embeddings_forward(
+    dp, p: EmbeddingsParams, input_ids, token_type_ids, position_ids, rec, *, inputs_embeds=None, fops=None
+) -> QTensor:
+    """ids (B,T) -> int8 (B,T,H). word + token_type (16-bit act) + position (same act), LN, int8.
+
+    ``inputs_embeds`` (B,T,H float32) replaces the word lookup: act1 quantizes it on its
+    input path (16 bits). transformers' input path ignores the token-type identity (the
+    quirk is reproduced by the transformers datapath); the other datapaths add it.
+    """
     pre = "embeddings."
-    word = rec(pre + "word_embeddings", "QuantEmbedding", K.quant_embedding(dp, p.word, input_ids))
-    token_type = rec(pre + "token_type_embeddings", "QuantEmbedding", K.quant_embedding(dp, p.token_type, token_type_ids))
-    emb = K.requantize(dp, word, p.act1_first, identity=token_type)
+    fops = fops or FloatOps()
+    token_type_q = K.quant_embedding(dp, p.token_type, token_type_ids)
+    if inputs_embeds is None:
+        word = rec(pre + "word_embeddings", "QuantEmbedding", K.quant_embedding(dp, p.word, input_ids))
+        token_type = rec(pre + "token_type_embeddings", "QuantEmbedding", token_type_q)
+        emb = K.requantize(dp, word, p.act1_first, identity=token_type)
+    else:
+        token_type = rec(pre + "token_type_embeddings", "QuantEmbedding", token_type_q)
+        emb = K.quantize_input(dp, inputs_embeds, p.act1_input)
+        if not reproduces_transformers_quirks(dp):
+            emb = K.requantize(dp, emb, p.act1_input_identity, identity=token_type)
     position = rec(pre + "position_embeddings", "QuantEmbedding", K.quant_embedding(dp, p.position, position_ids))
     emb = rec(pre + "embeddings_act1", "QuantAct", K.requantize(dp, emb, p.act1_second, identity=position), 16)
-    emb = rec(pre + "LayerNorm", "IntLayerNorm", K.int_layernorm(dp, emb, p.layernorm))
-    return rec(pre + "output_activation", "QuantAct", K.requantize(dp, emb, p.output_activation), 8)
+    emb = layer_norm(dp, fops, emb, p.layernorm, rec, pre + "LayerNorm")
+    return rec(pre + "output_activation", "QuantAct", quant_act(dp, emb, p.output_activation), 8)
 
 
-def self_attention(dp, p: LayerParams, h: QTensor, mask, num_heads, rec, pre) -> tuple:
-    """int8 (B,T,H) -> int8 context (B,T,H), and the probabilities (B,nh,T,T) in [0, 256]."""
+def float_softmax_attention(dp, fops, q: QTensor, k: QTensor, v: QTensor, mask, num_heads, head_mask):
+    """transformers' attention with a float softmax (``force_dequant`` softmax/nonlinear):
+    ``softmax(q k^T / sqrt(hd) + M)`` and ``probs @ v`` in float32 on the dequantized
+    int8 q, k, v (``M`` = float32 min on padded keys). Returns (context, probs) float32."""
+    head_dim = q.data.shape[-1] // num_heads
+    scores = fops.attention_scores(dp.dequantize(q), dp.dequantize(k), num_heads) / np.float32(math.sqrt(head_dim))
+    if mask is not None and not np.all(mask):
+        scores = scores + np.where(mask.astype(bool), F32(0.0), np.finfo(F32).min).astype(F32)[:, None, None, :]
+    probs = fops.softmax(scores)
+    if head_mask is not None:
+        probs = probs * head_mask.astype(F32)[None, :, None, None]
+    return fops.attention_context(probs, dp.dequantize(v), num_heads), probs
+
+
+def self_attention(dp, p: LayerParams, h: QTensor, mask, num_heads, rec, pre, *, fops=None, head_mask=None) -> tuple:
+    """int8 (B,T,H) -> int8 context (B,T,H), and the probabilities (B,nh,T,T) in [0, 256]
+    (a float32 array when the softmax is dequantized). ``head_mask`` (nh,) of 0/1
+    multiplies each head's probabilities (I-BERT's documented ``head_mask``)."""
     q = rec(pre + "query", "QuantLinear", K.quant_linear(dp, h, p.query))
     k = rec(pre + "key", "QuantLinear", K.quant_linear(dp, h, p.key))
     v = rec(pre + "value", "QuantLinear", K.quant_linear(dp, h, p.value))
     q = rec(pre + "query_activation", "QuantAct", K.requantize(dp, q, p.query_activation), 8)
     k = rec(pre + "key_activation", "QuantAct", K.requantize(dp, k, p.key_activation), 8)
     v = rec(pre + "value_activation", "QuantAct", K.requantize(dp, v, p.value_activation), 8)
-    scores = K.attention_scores(dp, q, k, num_heads, mask, p.score_scale)
-    exp16 = rec(pre + "softmax.act", "QuantAct", K.int_exp(dp, scores, p.softmax), 16)
-    probs = rec(pre + "softmax", "IntSoftmax", K.softmax_normalize(dp, exp16, p.softmax))
-    context = dp.attention_context(probs, v, num_heads, p.context_scale)
-    context = rec(pre + "output_activation", "QuantAct", K.requantize(dp, context, p.self_output_activation), 8)
+    if p.softmax is None:
+        context, probs = float_softmax_attention(dp, fops or FloatOps(), q, k, v, mask, num_heads, head_mask)
+    else:
+        scores = K.attention_scores(dp, q, k, num_heads, mask, p.score_scale)
+        exp16 = rec(pre + "softmax.act", "QuantAct", K.int_exp(dp, scores, p.softmax), 16)
+        probs = rec(pre + "softmax", "IntSoftmax", K.softmax_normalize(dp, exp16, p.softmax))
+        if head_mask is not None:
+            probs = QTensor(probs.data * head_mask.astype(probs.data.dtype)[None, :, None, None], probs.scale)
+        context = dp.attention_context(probs, v, num_heads, p.context_scale)
+    context = rec(pre + "output_activation", "QuantAct", quant_act(dp, context, p.self_output_activation), 8)
     return context, probs
 
 
-def layer_forward(dp, p: LayerParams, h: QTensor, mask, num_heads, rec, pre) -> tuple:
-    """One IBertLayer: attention block and feed-forward block, each with residual + IntLayerNorm."""
-    context, probs = self_attention(dp, p, h, mask, num_heads, rec, pre + "attention.self.")
+def layer_forward(dp, p: LayerParams, h: QTensor, mask, num_heads, rec, pre, *, fops=None, head_mask=None) -> tuple:
+    """One IBertLayer: attention block and feed-forward block, each with residual + IntLayerNorm.
+
+    Non-linearities named by ``force_dequant`` run in float32 (``fops``); the QuantAct after
+    each of them then quantizes its float input (input-quantization path)."""
+    fops = fops or FloatOps()
+    context, probs = self_attention(
+        dp, p, h, mask, num_heads, rec, pre + "attention.self.", fops=fops, head_mask=head_mask
+    )
 
     ao = pre + "attention.output."
     a = rec(ao + "dense", "QuantLinear", K.quant_linear(dp, context, p.attn_dense))
     a = rec(ao + "ln_input_act", "QuantAct", K.requantize(dp, a, p.attn_ln_input_act, identity=h), 22)
-    a = rec(ao + "LayerNorm", "IntLayerNorm", K.int_layernorm(dp, a, p.attn_layernorm))
-    a = rec(ao + "output_activation", "QuantAct", K.requantize(dp, a, p.attn_output_activation), 8)
+    a = layer_norm(dp, fops, a, p.attn_layernorm, rec, ao + "LayerNorm")
+    a = rec(ao + "output_activation", "QuantAct", quant_act(dp, a, p.attn_output_activation), 8)
 
     a = rec(pre + "pre_intermediate_act", "QuantAct", K.requantize(dp, a, p.pre_intermediate_act), 8)
     f = rec(pre + "intermediate.dense", "QuantLinear", K.quant_linear(dp, a, p.intermediate_dense))
-    f = rec(pre + "intermediate.intermediate_act_fn", "IntGELU", K.int_gelu(dp, f, p.gelu))
-    f = rec(pre + "intermediate.output_activation", "QuantAct", K.requantize(dp, f, p.intermediate_output_activation), 8)
+    if p.gelu is None:
+        f = fops.gelu(dp.dequantize(f))  # force_dequant gelu: nn.GELU in float32
+    else:
+        f = rec(pre + "intermediate.intermediate_act_fn", "IntGELU", K.int_gelu(dp, f, p.gelu))
+    f = rec(pre + "intermediate.output_activation", "QuantAct", quant_act(dp, f, p.intermediate_output_activation), 8)
     f = rec(pre + "pre_output_act", "QuantAct", K.requantize(dp, f, p.pre_output_act), 8)
 
     o = pre + "output."
     y = rec(o + "dense", "QuantLinear", K.quant_linear(dp, f, p.output_dense))
     y = rec(o + "ln_input_act", "QuantAct", K.requantize(dp, y, p.output_ln_input_act, identity=a), 22)
-    y = rec(o + "LayerNorm", "IntLayerNorm", K.int_layernorm(dp, y, p.output_layernorm))
-    y = rec(o + "output_activation", "QuantAct", K.requantize(dp, y, p.output_activation), 8)
+    y = layer_norm(dp, fops, y, p.output_layernorm, rec, o + "LayerNorm")
+    y = rec(o + "output_activation", "QuantAct", quant_act(dp, y, p.output_activation), 8)
     return y, probs
 
 
-def pooler_forward(pooler, h_f32: np.ndarray) -> np.ndarray:
+def pooler_forward(pooler, h_f32: np.ndarray, fops: Optional[FloatOps] = None) -> np.ndarray:
     """float32 ``tanh(h[:, 0] @ W^T + b)`` — transformers runs the pooler in float."""
-    return np.tanh(h_f32[:, 0] @ pooler.w.T + pooler.b).astype(F32)
+    fops = fops or FloatOps()
+    return fops.tanh(fops.linear(h_f32[:, 0], pooler.w, pooler.b))
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,18 +266,23 @@ class IBertModel:
         self.datapath = datapath
         self.config = compiled.config
         self.source = source
+        #: the float32 ops (pooler, force_dequant fallbacks): torch's kernels with gemm="torch"
+        self.float_ops = float_ops_for(datapath)
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, checkpoint, datapath="exact", gemm="numpy"):
-        """Compile an already-loaded :class:`~ibert_ref.loading.Checkpoint`."""
+    def from_checkpoint(cls, checkpoint, datapath="exact", gemm="numpy", add_pooling_layer: bool = True):
+        """Compile an already-loaded :class:`~ibert_ref.loading.Checkpoint` (keys with or
+        without the ``ibert.`` prefix of task checkpoints). ``add_pooling_layer=False``
+        leaves the pooler out, as transformers' task models do."""
         dp = make_datapath(datapath, gemm=gemm)
         config = checkpoint.config
 
         def get(key):
-            return checkpoint.tensor(key, shape=expected_shape(key, config)).astype(F32)
+            return _float_tensor(checkpoint, key, checkpoint.tensor(key, shape=expected_shape(key, config)))
 
-        compiled = compile_model(dp, config, get, checkpoint.has)
+        compiled = compile_model(dp, config, get, checkpoint.has, add_pooling_layer=add_pooling_layer)
+        check_tensor_keys(checkpoint.tensors, config)
         return cls(compiled, dp, source=checkpoint.source)
 
     @classmethod
@@ -230,7 +331,9 @@ class IBertModel:
         pad = cfg.get("pad_token_id", 1)
         if attention_mask is None:
             attention_mask = np.ones((b, t), dtype=np.int64)
-        attention_mask = _reshape_like("attention_mask", _as_int_array("attention_mask", attention_mask), (b, t))
+        attention_mask = _reshape_like(
+            "attention_mask", _as_int_array("attention_mask", attention_mask, allow_bool=True), (b, t)
+        )
         if not np.isin(attention_mask, (0, 1)).all():
             raise ValueError("attention_mask must contain only 0 and 1")
         if not attention_mask.any(axis=1).all():
@@ -246,7 +349,9 @@ class IBertModel:
             position_ids = roberta_position_ids(input_ids, pad)
         position_ids = _reshape_like("position_ids", _as_int_array("position_ids", position_ids), (b, t))
         maxpos = cfg["max_position_embeddings"]
-        if position_ids.min() < 0 or position_ids.max() >= maxpos:
+        if position_ids.min() < 0:
+            raise ValueError(f"position_ids contains {int(position_ids.min())}: position ids must be >= 0")
+        if position_ids.max() >= maxpos:
             raise ValueError(
                 f"position ids reach {int(position_ids.max())} but max_position_embeddings is {maxpos} "
                 f"(sequence too long: at most {maxpos - pad - 1} tokens)"
@@ -254,48 +359,134 @@ class IBertModel:
         return input_ids, attention_mask, token_type_ids, position_ids
 
     # -- forward -----------------------------------------------------------------------
+    def _check_inputs_embeds(self, inputs_embeds, input_ids, attention_mask, token_type_ids, position_ids):
+        """Validate ``inputs_embeds`` (B, T, H) float; the rest as for ids. Default positions
+        are sequential from ``pad + 1`` (transformers cannot see padding in embeddings)."""
+        if input_ids is not None:
+            raise ValueError("You cannot specify both input_ids and inputs_embeds at the same time")
+        x = np.asarray(inputs_embeds)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"inputs_embeds must be a float array, got dtype {x.dtype}")
+        if x.ndim == 2:
+            x = x[None]
+        hidden = self.config["hidden_size"]
+        if x.ndim != 3 or x.shape[-1] != hidden or 0 in x.shape:
+            raise ValueError(
+                f"inputs_embeds must be (batch, seq, {hidden}), got shape {np.asarray(inputs_embeds).shape}"
+            )
+        if not np.all(np.isfinite(x)):
+            raise ValueError("inputs_embeds contains NaN or inf")
+        # Any non-pad id gives transformers' sequential embeds positions (pad+1 .. pad+T).
+        pad = self.config.get("pad_token_id", 1)
+        stand_in_ids = np.full(x.shape[:2], 0 if pad != 0 else 1, dtype=np.int64)
+        _, mask, token_type_ids, position_ids = self._check_inputs(
+            stand_in_ids, attention_mask, token_type_ids, position_ids
+        )
+        return x.astype(F32), mask, token_type_ids, position_ids
+
+    def _check_head_mask(self, head_mask):
+        """(nh,) or (layers, nh) of 0/1 -> (layers, nh) int64, or None."""
+        if head_mask is None:
+            return None
+        layers, heads = self.config["num_hidden_layers"], self.config["num_attention_heads"]
+        m = np.asarray(head_mask)
+        if m.dtype == bool:
+            m = m.astype(np.int64)
+        if m.ndim == 1:
+            m = np.broadcast_to(m, (layers, m.shape[0]))
+        if m.shape != (layers, heads):
+            raise ValueError(f"head_mask must have shape ({heads},) or ({layers}, {heads}), got {np.shape(head_mask)}")
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError(
+                "head_mask must contain only 0 (head off) and 1 (head on): an integer model cannot "
+                "scale attention probabilities by a fraction"
+            )
+        return m.astype(np.int64)
+
+    # -- forward -----------------------------------------------------------------------
     def __call__(
         self,
-        input_ids,
+        input_ids=None,
         attention_mask=None,
         token_type_ids=None,
         position_ids=None,
         *,
+        inputs_embeds=None,
+        head_mask=None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         return_trace: bool = False,
         return_dict: bool = True,
     ):
-        input_ids, mask, token_type_ids, position_ids = self._check_inputs(
-            input_ids, attention_mask, token_type_ids, position_ids
-        )
-        dp, cm = self.datapath, self.compiled
+        """Run the encoder (and pooler, if the checkpoint has one).
+
+        ``input_ids`` (B, T) ints, or ``inputs_embeds`` (B, T, H) float32 instead;
+        ``attention_mask`` 0/1 (B, T); ``token_type_ids`` in [0, type_vocab_size);
+        ``position_ids`` (default: RoBERTa positions from the ids); ``head_mask`` 0/1 of
+        shape (heads,) or (layers, heads) multiplies each head's attention probabilities
+        (the I-BERT docs' semantics; transformers 5 no longer has it).
+        """
+        if inputs_embeds is not None:
+            inputs_embeds, mask, token_type_ids, position_ids = self._check_inputs_embeds(
+                inputs_embeds, input_ids, attention_mask, token_type_ids, position_ids
+            )
+        else:
+            if input_ids is None:
+                raise ValueError("You have to specify either input_ids or inputs_embeds")
+            input_ids, mask, token_type_ids, position_ids = self._check_inputs(
+                input_ids, attention_mask, token_type_ids, position_ids
+            )
+        head_mask = self._check_head_mask(head_mask)
+        dp, cm, fops = self.datapath, self.compiled, self.float_ops
         tracer = Tracer(dp) if return_trace else None
-        rec = tracer if tracer is not None else _no_trace
+        rec = tracer if tracer is not None else _name_ops(dp)
+        dp.begin_run()
         num_heads = self.config["num_attention_heads"]
 
-        h = embeddings_forward(dp, cm.embeddings, input_ids, token_type_ids, position_ids, rec)
-        emb_scale = cm.embeddings.output_activation.out_scale
-        hidden, attentions = [dp.dequantize(h)], []
+        h = embeddings_forward(
+            dp, cm.embeddings, input_ids, token_type_ids, position_ids, rec, inputs_embeds=inputs_embeds, fops=fops
+        )
+        emb_scale = h.scale
+        hidden, attentions = [h], []
         for i, layer in enumerate(cm.layers):
             h, probs = layer_forward(
-                dp, layer, dp.layer_input(h, emb_scale), mask, num_heads, rec, f"encoder.layer.{i}."
+                dp,
+                layer,
+                dp.layer_input(h, emb_scale),
+                mask,
+                num_heads,
+                rec,
+                f"encoder.layer.{i}.",
+                fops=fops,
+                head_mask=None if head_mask is None else head_mask[i],
             )
-            hidden.append(dp.dequantize(h))
-            attentions.append(dp.dequantize(probs))
+            hidden.append(h)
+            attentions.append(probs)
 
+        overflow_events = dp.end_run()
         last = dp.dequantize(h)
-        pooled = pooler_forward(cm.pooler, last) if cm.pooler is not None else None
+        pooled = pooler_forward(cm.pooler, last, fops) if cm.pooler is not None else None
+        float_probs = bool(attentions) and not isinstance(attentions[0], QTensor)
         out = IBertModelOutput(
             last_hidden_state=last,
             pooler_output=pooled,
-            hidden_states=tuple(hidden) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
             trace=tracer.values if tracer else None,
             trace_meta=tracer.meta if tracer else None,
             last_hidden_state_int=dp.integers(h).astype(np.int8),
             last_hidden_state_scale=h.scale,
+            overflow_events=overflow_events,
         )
+        if output_hidden_states:
+            out.hidden_states = tuple(dp.dequantize(t) for t in hidden)
+            out.hidden_states_int = tuple(dp.integers(t).astype(np.int8) for t in hidden)
+            out.hidden_states_scale = tuple(t.scale for t in hidden)
+        if output_attentions:
+            if float_probs:
+                out.attentions = tuple(attentions)
+            else:
+                out.attentions = tuple(dp.dequantize(p) for p in attentions)
+                out.attentions_int = tuple(dp.integers(p).astype(np.int16) for p in attentions)
+                out.attentions_scale = tuple(p.scale for p in attentions)
         return out if return_dict else out.to_tuple()
 
     forward = __call__
@@ -308,13 +499,36 @@ class IBertModel:
         )
 
 
-def _as_int_array(name, a) -> np.ndarray:
-    a = np.asarray(a)
+def _as_int_array(name, a, allow_bool: bool = False) -> np.ndarray:
+    """``a`` as int64, refusing ragged lists, non-integer dtypes, bools (unless a mask) and
+    unsigned values that do not fit int64. An empty input passes (its caller names it)."""
+    try:
+        a = np.asarray(a)
+    except ValueError as exc:  # numpy >= 1.24: inhomogeneous nested lists
+        raise ValueError(f"{name} is ragged (rows of different lengths): pad it to (batch, seq) first") from exc
+    if a.size == 0 and a.dtype != object:
+        return a.astype(np.int64)
     if a.dtype == bool:
+        if not allow_bool:
+            raise TypeError(f"{name} must be an integer array, got dtype bool")
         a = a.astype(np.int64)
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} contains {int(a.max())}, beyond int64")
     return a.astype(np.int64)
+
+
+def _float_tensor(checkpoint, key, arr) -> np.ndarray:
+    """A stored weight / range as float32; refuses integer dtypes and NaN / inf (a Checkpoint
+    built in memory skips the loader's own checks)."""
+    from .loading import CheckpointError
+
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise CheckpointError(f"tensor {key!r} in {checkpoint.source!r} has dtype {arr.dtype}, expected a float type")
+    if not np.all(np.isfinite(arr)):
+        raise CheckpointError(f"tensor {key!r} in {checkpoint.source!r} contains non-finite values (NaN or inf)")
+    return arr.astype(F32)
 
 
 def _reshape_like(name, a, shape):

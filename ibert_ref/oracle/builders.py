@@ -467,6 +467,8 @@ def make_calibrated_ibert(
     else:
         batches = random_calibration_batches(vocab_size, calib_batches, batch_size=calib_batch_size,
                                              max_len=max_len, seed=seed)
+    if model_class == "IBertForMultipleChoice":  # its inputs are (batch, num_choices, seq): one choice
+        batches = [(ids[:, None, :], mask[:, None, :]) for ids, mask in batches]
     calibrate(model, batches)
 
     if folder is not None:
