@@ -249,13 +249,84 @@ class Datapath:
         """Softmax: ``exp_int = max(floor(z * 2^(30 - q)), 0)`` then the 16-bit QuantAct."""
         raise NotImplementedError
 
+    # ---- hooks for hardware profiles and the width census --------------------------------
+    # The defaults change nothing: the kernels' own formulas run, and nothing is recorded.
+    # ``ibert_ref.hardware.profiles`` overrides them; ``ibert_ref.widths`` sets ``oplog``.
+
+    #: Per-run log of intermediate widths and overflow events
+    #: (:class:`ibert_ref.hardware.oplog.OpLog`); None: nothing is recorded.
+    oplog = None
+
+    def note(self, family: str, part: str, values, unsigned: bool = False):
+        """Report an intermediate of a kernel to the width census (``values``: an array, or a
+        callable returning an array or a ``(min, max)`` pair, evaluated only while a census
+        is collecting)."""
+        log = self.oplog
+        if log is None or not log.collect_widths:
+            return
+        from .hardware.oplog import S32, U32, int_range  # noqa: PLC0415 - only during a census
+
+        values = values() if callable(values) else values
+        lo, hi = values if isinstance(values, tuple) else int_range(values)
+        log.note(family, part, lo, hi, self.provided_register(family, part), U32 if unsigned else S32)
+
+    def provided_register(self, family: str, part: str):
+        """The register this datapath models ``family``/``part`` in (default: int64)."""
+        from .hardware.oplog import S64  # noqa: PLC0415
+
+        return S64
+
+    def begin_run(self) -> None:
+        """Called by the model before a forward pass."""
+        if self.oplog is not None:
+            self.oplog.begin_run()
+
+    def end_op(self, name: str, kind: str) -> None:
+        """Called by the model's tracer after each traced op (names pending log items)."""
+        if self.oplog is not None:
+            self.oplog.end_op(name, kind)
+
+    def end_run(self) -> list:
+        """Called by the model after a forward pass: the run's overflow records."""
+        return [] if self.oplog is None else self.oplog.end_run()
+
+    def requant_multiplier(self, dy: Dyadic, x: QTensor) -> Dyadic:
+        """The multiplier :func:`~ibert_ref.kernels.requantize` applies to ``x``'s integers
+        (``dy``, unless the datapath holds ``x`` with an extra power-of-two exponent)."""
+        return dy
+
+    def sum_squares(self, y):
+        """IntLayerNorm's ``sum(y^2)`` over the last axis (keepdims)."""
+        return self.sum_last(y * y)
+
+    def variant_kernel(self, name: str):
+        """A replacement for kernel ``name`` (e.g. an int32-realizable IntGELU), or None."""
+        return None
+
 
 class ExactDatapath(Datapath):
-    """Exact integers (int64 arrays), true scales. GEMMs use float64 BLAS, which is exact
-    while every partial sum stays below 2^53 (int8 x int8 with K < 2^38 terms)."""
+    """Exact integers (int64 arrays), true scales.
+
+    ``fast=True`` (default) and ``fast=False`` compute the same integers, op for op
+    (tests/test_fast_path.py): the reference path uses the plainest exact code (int64
+    GEMMs, the two-limb :func:`~ibert_ref.intops.mul_shift_round`, a 31-step integer
+    square root); the fast path runs GEMMs on float BLAS while every partial sum is an
+    exactly representable integer (:func:`~ibert_ref.intops.matmul_exact`), requantizes
+    with single int64 products where they fit (:func:`~ibert_ref.intops.mul_shift_round_fast`)
+    and skips square-root steps no input needs. Weights stay resident as int8.
+    """
 
     name = "exact"
     stale_layer_scale = False
+
+    def __init__(self, fast: bool = True):
+        self.fast = bool(fast)
+        self._mul_shift_round = intops.mul_shift_round_fast if self.fast else intops.mul_shift_round
+        self._matmul = intops.matmul_exact if self.fast else intops.matmul_exact_reference
+        self._isqrt = intops.isqrt_floor_fast if self.fast else intops.isqrt_floor
+
+    def __repr__(self):
+        return f"ExactDatapath(fast={self.fast})"
 
     def const(self, v_f32):
         return np.asarray(v_f32).astype(I64)
@@ -278,7 +349,7 @@ class ExactDatapath(Datapath):
         return t.data.astype(F32) * t.scale
 
     def dyadic_round(self, z, dy):
-        return intops.mul_shift_round(z, dy.m, dy.e, "half_even")
+        return self._mul_shift_round(z, dy.m, dy.e, "half_even")
 
     def clamp_bits(self, w, bits):
         return intops.clamp_signed(w, bits)
@@ -305,36 +376,68 @@ class ExactDatapath(Datapath):
         return x.sum(axis=-1, keepdims=True)
 
     def floor_sqrt(self, v):
-        return intops.isqrt_floor(v)
+        return self._isqrt(v)
 
     def linear(self, x, w, b):
-        acc = np.matmul(x.astype(np.float64), w.T.astype(np.float64)).astype(I64)
-        return acc + b
+        # (..., in) x (out, in)^T: int8 x int8 products summed exactly, plus the int32 bias
+        if self.fast:
+            return intops.matmul_exact(x, w.T, add_int=b)
+        return intops.matmul_exact_reference(x, w.T) + b
 
     def attention_scores(self, q, k, num_heads, mask, score_scale_f32):
-        qh = _split_heads(q.data.astype(np.float64), num_heads)
-        kh = _split_heads(k.data.astype(np.float64), num_heads)
-        scores = np.matmul(qh, kh.transpose(0, 1, 3, 2)).astype(I64)
-        if mask is not None:
+        qh = _split_heads(q.data, num_heads)
+        kh = _split_heads(k.data, num_heads)
+        scores = self._matmul(qh, kh.transpose(0, 1, 3, 2))
+        if mask is not None and not (self.fast and np.all(mask)):
             keep = mask[:, None, None, :].astype(bool)
             scores = np.where(keep, scores, -intops.SATURATION_I64)
         return scores
 
     def attention_context(self, p, v, num_heads, scale_f32):
-        ctx = np.matmul(p.data.astype(np.float64), _split_heads(v.data.astype(np.float64), num_heads))
+        ctx = self._matmul(p.data, _split_heads(v.data, num_heads))
         b, nh, t, hd = ctx.shape
         ctx = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, t, nh * hd)
-        return QTensor(ctx.astype(I64), np.asarray(scale_f32, dtype=F32))
+        return QTensor(ctx, np.asarray(scale_f32, dtype=F32))
 
     def exp_requantize(self, z, q, exp_scale_f32, dy_tf, dy_exact, bits):
         # exp_int = z * 2^(30 - q) (up to ~2^70) is never materialised: the left shift is
         # folded into the requantization shift, e16 = rne(z * m / 2^(e - (30 - q))).
         z = np.maximum(z, 0)
+        if self.fast:
+            e16 = self._exp_requantize_f64(z, q, dy_exact, bits)
+            if e16 is not None:
+                return e16
         shift = dy_exact.e - (30 - q)
         if np.any(shift < 0):
             raise OverflowError("softmax exp requantization shift went negative")
-        e16 = intops.mul_shift_round(z, dy_exact.m, shift, "half_even")
+        e16 = self._mul_shift_round(z, dy_exact.m, shift, "half_even")
         return intops.clamp_signed(e16, bits)
+
+    @staticmethod
+    def _exp_requantize_f64(z, q, dy, bits):
+        """``clamp(rint(z * d[q]))`` with ``d[q] = m * 2^-(e - 30 + q)`` from a table over q's range.
+
+        Same integers as ``clamp(mul_shift_round(z, m, e - 30 + q))`` when
+        ``max z * |m| < 2^53`` (float64 tier 0 of :func:`~ibert_ref.intops.mul_shift_round_fast`:
+        every table entry and every product is exact); None when it does not apply.
+        """
+        m, e = np.asarray(dy.m), np.asarray(dy.e)
+        if m.size != 1 or e.size != 1 or z.size == 0:
+            return None
+        q_lo, q_hi = int(q.min()), int(q.max())
+        shift_lo = int(e.reshape(-1)[0]) - 30 + q_lo
+        if shift_lo < 0:
+            raise OverflowError("softmax exp requantization shift went negative")
+        m_int = int(m.reshape(-1)[0])
+        if max(int(z.max()), 0) * abs(m_int) >= intops.F64_EXACT_INT or q_hi - q_lo > 256 or shift_lo + q_hi - q_lo > 1000:
+            return None
+        table_f64 = np.ldexp(float(m_int), -np.arange(shift_lo, shift_lo + q_hi - q_lo + 1, dtype=np.int32))
+        x_f64 = np.take(table_f64, q - q_lo if q_lo else q)
+        x_f64 *= z
+        np.rint(x_f64, out=x_f64)
+        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        np.clip(x_f64, lo, hi, out=x_f64)
+        return x_f64.astype(I64)
 
 
 class TransformersDatapath(Datapath):

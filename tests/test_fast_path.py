@@ -1,0 +1,351 @@
+"""The fast exact path computes the same integers as the reference exact path, op by op.
+
+``ExactDatapath(fast=True)`` (the default) swaps in cheaper kernels — float BLAS GEMMs while
+every partial sum is an exactly representable integer, single-int64-product requantization,
+a square root that skips steps no input needs. Each is checked here against the plain
+reference it replaces (``intops.mul_shift_round``, ``intops.matmul_exact_reference`` = int64
+matmul, ``intops.isqrt_floor`` / ``math.isqrt``) on random and corner-case inputs, per
+tier/branch, then per datapath method, then on every traced op of a whole model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ibert_ref import intops
+from ibert_ref.datapath import ExactDatapath, QTensor, make_datapath
+from ibert_ref.model import IBertModel
+from ibert_ref.quant import Dyadic
+
+ROUNDINGS = intops.ROUNDINGS
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def reference_msr(z, m, e, rounding):
+    """Python big-integer definition of round(z * m / 2^e), for the scalar cases."""
+    num, den = z * m, 1 << e
+    q, r = divmod(num, den)  # floor quotient, 0 <= r < den
+    if rounding == "floor":
+        return q
+    twice = 2 * r
+    if twice < den:
+        return q
+    if twice > den:
+        return q + 1
+    return {"half_up": q + 1, "half_even": q + (q & 1), "half_away": q + (1 if num > 0 else 0)}[rounding]
+
+
+def assert_same(fast, ref):
+    fast, ref = np.asarray(fast), np.asarray(ref)
+    assert fast.shape == ref.shape
+    assert fast.dtype == np.int64 and ref.dtype == np.int64
+    np.testing.assert_array_equal(fast, ref)
+
+
+# ---------------------------------------------------------------------------------------
+# mul_shift_round: each tier on its own domain, then the dispatcher everywhere.
+m_st = st.integers(-(1 << 31), 1 << 31)
+
+
+@FAST
+@given(z=st.integers(-(1 << 31), 1 << 31), m=m_st, e=st.integers(1, 62), rounding=st.sampled_from(ROUNDINGS))
+def test_tier1_single_product_matches_big_integer_rounding(z, m, e, rounding):
+    out = intops._rounding_bias_add_shift(np.array([z], dtype=np.int64) * np.int64(m), np.int64(e), rounding)
+    assert int(out[0]) == reference_msr(z, m, e, rounding)
+
+
+@FAST
+@given(z=st.integers(-(1 << 46) + 1, (1 << 46) - 1), m=m_st, e=st.integers(17, 78), rounding=st.sampled_from(ROUNDINGS))
+def test_tier2_split_multiplier_matches_big_integer_rounding(z, m, e, rounding):
+    out = intops._mul_shift_round_split(np.array([z], dtype=np.int64), np.int64(m), np.int64(e), rounding)
+    assert int(out[0]) == reference_msr(z, m, e, rounding)
+
+
+@st.composite
+def tie_cases(draw):
+    """z, m, e with z * m exactly halfway between two multiples of 2^e (the rounding rule decides).
+
+    With m = s * 2^t (s odd) and z = (2k + 1) * 2^(e-1-t): z * m = (2k + 1) * s * 2^(e-1), an odd
+    multiple of 2^(e-1).
+    """
+    m = draw(st.sampled_from([1 << 30, 3 << 29, (1 << 31) - 1, 1 << 31, -(1 << 30), -(3 << 28), -(1 << 31)]))
+    t = (abs(m) & -abs(m)).bit_length() - 1
+    e = t + 1 + draw(st.integers(0, 40))
+    k = draw(st.integers(-(1 << 12), 1 << 12))
+    z = (2 * k + 1) << (e - 1 - t)
+    assert (z * m) % (1 << e) == 1 << (e - 1)
+    return z, m, e
+
+
+@FAST
+@given(case=tie_cases(), rounding=st.sampled_from(ROUNDINGS))
+def test_fast_msr_exact_ties(case, rounding):
+    z, m, e = case
+    if abs(z) >= (1 << 62):
+        return
+    fast = intops.mul_shift_round_fast(np.array([z]), np.array([m]), np.array([e]), rounding)
+    ref = intops.mul_shift_round(np.array([z]), np.array([m]), np.array([e]), rounding)
+    assert_same(fast, ref)
+    assert int(fast[0]) == reference_msr(z, m, e, rounding) or abs(reference_msr(z, m, e, rounding)) > (1 << 62)
+
+
+@FAST
+@given(
+    bits=st.sampled_from([8, 16, 31, 32, 40, 46, 47, 61]),
+    e=st.integers(0, 100),
+    signed_m=st.booleans(),
+    rounding=st.sampled_from(ROUNDINGS),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fast_msr_equals_reference_on_arrays(bits, e, signed_m, rounding, seed):
+    """Per-channel m/e (C,) against (T, C) data, every z width, every shift: all tiers and the fallback."""
+    rng = np.random.default_rng(seed)
+    bound = 1 << bits
+    z = rng.integers(-bound + 1, bound, size=(6, 5), dtype=np.int64)
+    z[0, :2] = [bound - 1, -bound + 1]
+    m = rng.integers(1 << 30, (1 << 31) + 1, size=5, dtype=np.int64)
+    if signed_m:
+        m[::2] *= -1
+    e_c = np.clip(e + rng.integers(-3, 4, size=5), 0, None).astype(np.int64)
+    assert_same(intops.mul_shift_round_fast(z, m, e_c, rounding), intops.mul_shift_round(z, m, e_c, rounding))
+
+
+def test_fast_msr_per_element_shift_like_softmax():
+    """exp_requantize's shape: z (B, nh, T, T) up to ~2^40, one m, one shift per element."""
+    rng = np.random.default_rng(1)
+    z = rng.integers(0, 1 << 40, size=(2, 3, 7, 7), dtype=np.int64)
+    m = np.array([1_500_000_000], dtype=np.int64)
+    e = rng.integers(20, 75, size=z.shape, dtype=np.int64)
+    for rounding in ROUNDINGS:
+        assert_same(intops.mul_shift_round_fast(z, m, e, rounding), intops.mul_shift_round(z, m, e, rounding))
+
+
+@pytest.mark.parametrize(
+    "z, m, e, exc",
+    [
+        ([1], [1 << 30], [-1], ValueError),
+        ([1], [(1 << 31) + 1], [3], ValueError),
+        ([1 << 62], [1 << 30], [3], OverflowError),
+    ],
+)
+def test_fast_msr_rejects_what_the_reference_rejects(z, m, e, exc):
+    for f in (intops.mul_shift_round, intops.mul_shift_round_fast):
+        with pytest.raises(exc):
+            f(np.array(z), np.array(m), np.array(e))
+
+
+# ---------------------------------------------------------------------------------------
+# isqrt
+@FAST
+@given(n=st.one_of(st.integers(0, (1 << 62) - 1), st.integers(0, 1 << 20), st.integers(1, 1 << 31).map(lambda r: r * r - 1)))
+def test_isqrt_fast_equals_math_isqrt(n):
+    arr = np.array([n, 0, 1, n // 3], dtype=np.int64)
+    fast = intops.isqrt_floor_fast(arr)
+    assert_same(fast, intops.isqrt_floor(arr))
+    assert [int(v) for v in fast] == [math.isqrt(int(v)) for v in arr]
+
+
+def test_isqrt_fast_all_zero_and_errors():
+    assert_same(intops.isqrt_floor_fast(np.zeros((2, 3), dtype=np.int64)), np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError):
+        intops.isqrt_floor_fast(np.array([-1]))
+    with pytest.raises(OverflowError):
+        intops.isqrt_floor_fast(np.array([1 << 62]))
+
+
+# ---------------------------------------------------------------------------------------
+# matmul_exact: every branch against the int64 definition.
+@pytest.mark.parametrize(
+    "k, a_bits, b_bits, branch",
+    [
+        (768, 8, 8, "one float32 GEMM"),
+        (1024, 8, 8, "one float32 GEMM at the 2^24 edge"),
+        (1025, 8, 8, "float32 K-chunks"),
+        (3072, 8, 8, "float32 K-chunks"),
+        (300, 16, 16, "float64 GEMM"),
+        (50, 40, 16, "int64 fallback"),
+    ],
+)
+def test_matmul_exact_equals_int64_matmul(k, a_bits, b_bits, branch):
+    rng = np.random.default_rng(k + a_bits)
+    hi = 1 << (a_bits - 1)
+    a = rng.integers(-hi, hi, size=(2, 9, k), dtype=np.int64)
+    a[0, 0, :] = -hi  # extreme rows: every partial sum as large as the bound allows
+    if b_bits == 8:  # int8 weights, transposed view (as linear() passes them)
+        b = rng.integers(-128, 128, size=(11, k)).astype(np.int8).T
+        b[:, 0] = -128
+    else:
+        b = rng.integers(-(1 << (b_bits - 1)), 1 << (b_bits - 1), size=(k, 11), dtype=np.int64)
+    assert_same(intops.matmul_exact(a, b), intops.matmul_exact_reference(a, b))
+
+
+@pytest.mark.parametrize("k, add_bits", [(768, 31), (3072, 31), (300, 52), (768, 62)])
+def test_matmul_exact_with_bias_equals_int64(k, add_bits):
+    """The bias is added in float64 only while the sum stays below 2^53, else in int64."""
+    rng = np.random.default_rng(k + add_bits)
+    a = rng.integers(-128, 128, size=(3, k), dtype=np.int64)
+    b = rng.integers(-128, 128, size=(5, k)).astype(np.int8).T
+    bias = rng.integers(-(1 << add_bits), 1 << add_bits, size=5, dtype=np.int64)
+    bias[0] = (1 << add_bits) - 1
+    assert_same(intops.matmul_exact(a, b, add_int=bias), intops.matmul_exact_reference(a, b) + bias)
+
+
+def test_matmul_chunks_are_needed():
+    """One float32 GEMM over K = 3072 int8 terms is *not* exact: the chunking is what makes it so."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(100, 128, size=(64, 3072), dtype=np.int64)
+    b = rng.integers(100, 127, size=(3072, 32)).astype(np.int8)
+    exact = intops.matmul_exact_reference(a, b)
+    naive = (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
+    assert np.any(naive != exact)
+    assert_same(intops.matmul_exact(a, b), exact)
+
+
+def test_matmul_exact_overflow_is_an_error():
+    a = np.full((1, 4), 1 << 40, dtype=np.int64)
+    b = np.full((4, 1), 1 << 30, dtype=np.int64)
+    for f in (intops.matmul_exact, intops.matmul_exact_reference):
+        with pytest.raises(OverflowError):
+            f(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# ExactDatapath(fast=True) vs ExactDatapath(fast=False), method by method.
+FAST_DP, REF_DP = ExactDatapath(fast=True), ExactDatapath(fast=False)
+
+
+def test_make_datapath_exact_is_fast_by_default_and_reference_on_request():
+    assert make_datapath("exact").fast is True
+    assert make_datapath("exact", fast=False).fast is False
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), k=st.sampled_from([16, 64, 1030]), bits=st.sampled_from([8, 12]))
+def test_datapath_linear(seed, k, bits):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(2, 5, k), dtype=np.int64)
+    w = FAST_DP.weights(rng.integers(-127, 127, size=(7, k)).astype(np.float32))
+    b = FAST_DP.const(rng.integers(-(1 << 31), 1 << 31, size=7).astype(np.float32))
+    assert w.dtype == np.int8
+    assert_same(FAST_DP.linear(x, w, b), REF_DP.linear(x, w, b))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), masked=st.booleans(), t=st.sampled_from([3, 17, 520]))
+def test_datapath_attention(seed, masked, t):
+    rng = np.random.default_rng(seed)
+    b, nh, hd = 2, 2, 8
+    q = QTensor(rng.integers(-128, 128, size=(b, t, nh * hd), dtype=np.int64), np.ones(1, np.float32))
+    k = QTensor(rng.integers(-128, 128, size=(b, t, nh * hd), dtype=np.int64), np.ones(1, np.float32))
+    mask = np.ones((b, t), dtype=np.int64)
+    if masked:
+        mask[1, t // 2 :] = 0
+    s = np.float32([0.01])
+    assert_same(FAST_DP.attention_scores(q, k, nh, mask, s), REF_DP.attention_scores(q, k, nh, mask, s))
+    # probabilities in [0, 256] (row sums <= 256 after softmax, but any values are exact here)
+    p = QTensor(rng.integers(0, 257, size=(b, nh, t, t), dtype=np.int64), np.float32([1 / 256]))
+    fast_ctx = FAST_DP.attention_context(p, k, nh, s)
+    assert_same(fast_ctx.data, REF_DP.attention_context(p, k, nh, s).data)
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), bits=st.sampled_from([9, 22, 32, 40, 50]))
+def test_datapath_dyadic_round_and_clamp(seed, bits):
+    rng = np.random.default_rng(seed)
+    z = rng.integers(-(1 << bits), 1 << bits, size=(3, 6), dtype=np.int64)
+    dy = Dyadic(m=rng.integers(-(1 << 31), 1 << 31, size=6, dtype=np.int64), e=rng.integers(0, 70, size=6, dtype=np.int64))
+    out_fast, out_ref = FAST_DP.dyadic_round(z, dy), REF_DP.dyadic_round(z, dy)
+    assert_same(out_fast, out_ref)
+    assert_same(FAST_DP.clamp_bits(out_fast, 8), REF_DP.clamp_bits(out_ref, 8))
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), z_bits=st.sampled_from([8, 15, 21, 22, 23, 41]), e=st.integers(28, 80))
+def test_datapath_exp_requantize_and_sqrt(seed, z_bits, e):
+    """exp_requantize: the float64 table path (z * m < 2^53), the integer tiers and the limbs."""
+    rng = np.random.default_rng(seed)
+    z = rng.integers(-(1 << 10), 1 << z_bits, size=(1, 2, 5, 5), dtype=np.int64)
+    q = rng.integers(max(0, 30 - e), 31, size=z.shape, dtype=np.int64)
+    dy = Dyadic(m=np.array([rng.integers(1 << 30, (1 << 31) + 1)], dtype=np.int64), e=np.array([e], dtype=np.int64))
+    args = (z, q, np.float32([1e-9]), dy, dy, 16)
+    assert_same(FAST_DP.exp_requantize(*args), REF_DP.exp_requantize(*args))
+    v = rng.integers(0, 1 << int(rng.integers(1, 62)), size=(2, 4, 1), dtype=np.int64)
+    assert_same(FAST_DP.floor_sqrt(v), REF_DP.floor_sqrt(v))
+
+
+# ---------------------------------------------------------------------------------------
+# Whole model: every traced op, fast vs reference.
+def test_bundled_model_fast_equals_reference_on_every_op():
+    fast = IBertModel.from_pretrained(datapath=ExactDatapath(fast=True))
+    ref = IBertModel.from_pretrained(datapath=ExactDatapath(fast=False))
+    rng = np.random.default_rng(0)
+    vocab = fast.config["vocab_size"]
+    ids = rng.integers(5, vocab, size=(3, 21))
+    mask = np.ones_like(ids)
+    mask[1, 15:] = 0
+    mask[2, 4:] = 0
+    ids[mask == 0] = fast.config.get("pad_token_id", 1)
+    out_fast = fast(ids, attention_mask=mask, return_trace=True)
+    out_ref = ref(ids, attention_mask=mask, return_trace=True)
+    assert out_fast.trace.keys() == out_ref.trace.keys()
+    assert len(out_fast.trace) > 20 * fast.config["num_hidden_layers"]
+    for name in out_ref.trace:
+        np.testing.assert_array_equal(out_fast.trace[name], out_ref.trace[name], err_msg=name)
+    np.testing.assert_array_equal(out_fast.last_hidden_state_int, out_ref.last_hidden_state_int)
+
+
+# ---------------------------------------------------------------------------------------
+# Scheduling: blocks and threads change nothing.
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blockwise_threads_give_the_same_integers(threads, monkeypatch):
+    rng = np.random.default_rng(threads)
+    z = rng.integers(-(1 << 36), 1 << 36, size=(3, 170, 257), dtype=np.int64)  # > PARALLEL_MIN_ELEMS
+    m = rng.integers(-(1 << 31), 1 << 31, size=257, dtype=np.int64)
+    e = rng.integers(40, 70, size=257, dtype=np.int64)
+    ref = intops.mul_shift_round(z, m, e)
+    monkeypatch.setattr(intops, "BLOCK_ELEMS", 1000)
+    old = intops.get_num_threads()
+    try:
+        intops.set_num_threads(threads)
+        assert_same(intops.mul_shift_round_fast(z, m, e), ref)
+        half = (z[:, :, ::2], m[::2], e[::2])  # non-contiguous: one whole-array call
+        assert_same(intops.mul_shift_round_fast(*half), intops.mul_shift_round(*half))
+        calls = []
+
+        def kernel(z_blk, m_blk):
+            calls.append(z_blk.shape[0])
+            return z_blk * m_blk
+
+        assert_same(intops.blockwise(kernel, z.shape, (z, m)), z * m)
+        assert len(calls) > threads and sum(calls) == 3 * 170
+    finally:
+        intops.set_num_threads(old)
+
+
+def test_set_num_threads_rejects_zero():
+    with pytest.raises(ValueError):
+        intops.set_num_threads(0)
+
+
+def test_exp_requantize_negative_shift_is_an_error_on_both_paths():
+    z = np.full((1, 1, 2, 2), 5, dtype=np.int64)
+    q = np.zeros_like(z)
+    dy = Dyadic(m=np.array([1 << 30], dtype=np.int64), e=np.array([10], dtype=np.int64))  # 10 - 30 < 0
+    for dp in (FAST_DP, REF_DP):
+        with pytest.raises(OverflowError):
+            dp.exp_requantize(z, q, np.float32([1e-9]), dy, dy, 16)
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark command runs end to end (ibert-ref systems only: no torch needed).
+def test_bench_command_runs_on_the_bundled_model(capsys):
+    from ibert_ref.cli import main
+
+    assert main(["bench", "--systems", "exact,transformers", "--shapes", "1x8,2x8", "--repeats", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "ibert-ref exact" in out and "| 2x8 |" in out and "weights resident" in out
