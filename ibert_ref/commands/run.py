@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -41,10 +42,30 @@ def format_trace_table(trace, meta, layers=None) -> list[str]:
     return rows
 
 
+def format_overflow_events(events) -> list[str]:
+    """One line per op and part where a hardware profile wrapped or saturated (empty: none)."""
+    if not events:
+        return []
+    lines = [f"overflow events ({len(events)}): op [part]: action, count, first flat index, exact -> produced"]
+    for ev in events:
+        lines.append(
+            f"  {ev.op} [{ev.part}]: {ev.action} in {ev.bits} bits, {ev.count} element(s), "
+            f"first at {ev.first_index}: exact {ev.exact} -> produced {ev.produced}"
+            + (f" ({ev.detail})" if ev.detail else "")
+        )
+    return lines
+
+
 def run(args) -> int:
+    from ..hardware.accumulate import IntegerOverflowError
+
     model, tokenizer = load_model_and_tokenizer(args)
     enc = tokenizer(args.text)
-    out = model(enc["input_ids"], attention_mask=enc["attention_mask"], return_trace=True)
+    try:
+        out = model(enc["input_ids"], attention_mask=enc["attention_mask"], return_trace=True)
+    except IntegerOverflowError as exc:
+        print(f"ibert-ref run: overflow (overflow='raise'): {exc}", file=sys.stderr)
+        return 3
     layers = None if args.layers is None else {int(x) for x in args.layers.split(",")}
     print(f"model: {model.source}")
     print(f"datapath: {model.datapath.name}   tokens: {enc['input_ids'].shape[1]}   batch: {enc['input_ids'].shape[0]}")
@@ -52,6 +73,10 @@ def run(args) -> int:
     print()
     print("\n".join(format_trace_table(out.trace, out.trace_meta, layers)))
     print()
+    if hasattr(model.datapath, "describe"):
+        print(f"profile: {model.datapath.describe()}")
+        print("\n".join(format_overflow_events(out.overflow_events) or ["overflow events: none"]))
+        print()
     q = out.last_hidden_state_int[0, 0]
     n = args.values
     print(f"output (token 0, first {n} of {q.shape[0]} channels):")

@@ -1,0 +1,92 @@
+"""``ibert-ref widths``: the width census of one forward pass (bits needed vs bits provided)."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from . import add_model_options, load_model_and_tokenizer
+from .run import format_overflow_events
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "widths",
+        help="width census: per op and intermediate, the bits needed on given inputs vs the bits provided",
+        description="Run the integer model once on --text (or raw --ids) and print, for every op output and "
+        "every kernel intermediate (attention scores, i-exp polynomial and transformers' exp_int, softmax "
+        "sum/factor/product, IntGELU erf polynomial and product, LayerNorm sum/var/y*factor, ...), the signed "
+        "min/max, the bits needed (signed; unsigned when min >= 0), I-BERT's nominal width (declared output "
+        "width; 32 for intermediates) and the width the --datapath models it in. Flags: '!' the profile cannot "
+        "hold the value (it wrapped/saturated: see the overflow events), '*' it needs more than the nominal width.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--text", nargs="+", default=None, help="input text(s); several texts form a padded batch")
+    p.add_argument(
+        "--ids",
+        action="append",
+        default=None,
+        metavar="IDS",
+        help="a raw token-id sequence instead of text, e.g. --ids '0 1035 2' (repeatable: a padded batch; "
+        "a one-id sequence gives single-key softmax rows)",
+    )
+    add_model_options(p)
+    p.add_argument("--layers", default=None, help="only these encoder layers, e.g. '0' or '0,3'; 'emb' = embeddings")
+    p.add_argument("--flagged", action="store_true", help="only rows flagged '!' or '*'")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(func=run_widths)
+
+
+def parse_layers(spec):
+    """'0,3' -> {0, 3}; 'emb' is the embeddings (-1); None -> None (all)."""
+    if spec is None:
+        return None
+    out = set()
+    for item in spec.split(","):
+        item = item.strip()
+        out.add(-1 if item in ("emb", "embeddings") else int(item))
+    return out
+
+
+def ids_batch(sequences, pad_id: int):
+    """Pad id sequences (strings of ints) into (input_ids, attention_mask)."""
+    seqs = [[int(t) for t in s.replace(",", " ").split()] for s in sequences]
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("--ids needs at least one id per sequence")
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def run_widths(args) -> int:
+    from ..widths import width_census
+
+    if not args.text and not args.ids:
+        raise ValueError("give --text TEXT [TEXT ...] or --ids 'ID ID ...'")
+    model, tokenizer = load_model_and_tokenizer(args)
+    if args.ids:
+        input_ids, mask = ids_batch(args.ids, model.config.get("pad_token_id", 1))
+    else:
+        enc = tokenizer(args.text)
+        input_ids, mask = enc["input_ids"], enc["attention_mask"]
+    census = width_census(model, input_ids, mask)
+    dp = model.datapath
+    describe = dp.describe() if hasattr(dp, "describe") else dp.name
+    print(f"model: {model.source}")
+    print(f"datapath: {describe}")
+    print(f"inputs: {tuple(input_ids.shape)} (batch, tokens); live tokens per row {mask.sum(axis=1).tolist()}")
+    print()
+    print("\n".join(census.format(parse_layers(args.layers), args.flagged, args.markdown)))
+    flagged = census.select(parse_layers(args.layers), flagged_only=True)
+    print()
+    print(f"{len(flagged)} flagged row(s): '!' = the profile cannot hold it, '*' = needs more than the nominal width")
+    lines = format_overflow_events(census.overflow_events)
+    if lines:
+        print()
+        print("\n".join(lines))
+    return 0
