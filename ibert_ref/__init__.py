@@ -11,7 +11,14 @@ The simulator core imports only NumPy, safetensors, huggingface_hub and tokenize
 torch/transformers (the oracle) live in ``ibert_ref.oracle`` and are optional.
 """
 
-from .datapath import DATAPATHS, ExactDatapath, QTensor, TransformersDatapath, make_datapath
+from .datapath import DATAPATHS, ExactDatapath, QTensor, TransformersDatapath, available_datapaths, make_datapath
+from .heads import (
+    IBertForMaskedLM,
+    IBertForMultipleChoice,
+    IBertForQuestionAnswering,
+    IBertForSequenceClassification,
+    IBertForTokenClassification,
+)
 from .model import IBertModel, IBertModelOutput
 
 __version__ = "0.1.0"
@@ -19,11 +26,17 @@ __version__ = "0.1.0"
 __all__ = [
     "DATAPATHS",
     "ExactDatapath",
+    "IBertForMaskedLM",
+    "IBertForMultipleChoice",
+    "IBertForQuestionAnswering",
+    "IBertForSequenceClassification",
+    "IBertForTokenClassification",
     "IBertModel",
     "IBertModelOutput",
     "QTensor",
     "Tokenizer",
     "TransformersDatapath",
+    "available_datapaths",
     "make_datapath",
 ]
 
