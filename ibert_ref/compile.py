@@ -165,12 +165,22 @@ def act_scale(get: Getter, prefix: str, bits: int) -> np.ndarray:
     return symmetric_scale_f32(bits, x_min, x_max)
 
 
+def checked_dyadic(pre_scale, out_scale):
+    """``dyadic_requant`` that refuses a ratio of 2^31 or more (a negative exponent): no
+    requantization in I-BERT multiplies by that much, so the scales are broken."""
+    dy = dyadic_requant(pre_scale, out_scale)
+    if np.any(dy.e < 0):
+        ratio = float(np.max(dy.value))
+        raise CompileError(f"requantization ratio {ratio:.3g} >= 2^31: input and output scales are inconsistent")
+    return dy
+
+
 def requant_params(bits, out_scale, pre_scale, identity_scale=None) -> RequantParams:
     return RequantParams(
         bits=bits,
         out_scale=out_scale,
-        dy=dyadic_requant(pre_scale, out_scale),
-        dy_identity=None if identity_scale is None else dyadic_requant(identity_scale, out_scale),
+        dy=checked_dyadic(pre_scale, out_scale),
+        dy_identity=None if identity_scale is None else checked_dyadic(identity_scale, out_scale),
     )
 
 
