@@ -41,22 +41,27 @@ def shift_round(x_i64: np.ndarray, shift, rounding: str = "half_even") -> np.nda
 
     Exact: ``q = x >> s`` (floor), remainder ``x - (q << s)`` compared with ``2^(s-1)``.
     ``rounding`` is ``half_even`` (RNE), ``half_up`` (RHU, ties toward +inf),
-    ``half_away`` (RHAZ) or ``floor``. Shifts of 63 or more give the rounding of a value
-    of magnitude below one half, i.e. 0 (or -1 under floor for negative x).
+    ``half_away`` (RHAZ) or ``floor``. Exact over the whole int64 range and any shift: for
+    shift 64 the only tie is ``x = -2^63`` (-1/2), beyond 64 ``|x / 2^shift| < 1/2``.
     """
     x_i64 = np.asarray(x_i64, dtype=I64)
     shift = np.asarray(shift, dtype=I64)
     if np.any(shift < 0):
         raise ValueError("shift_round needs shift >= 0")
-    s = np.minimum(shift, 62)
+    s = np.minimum(shift, 63)
     q = x_i64 >> s
-    rem = x_i64 - (q << s)
+    with np.errstate(over="ignore"):  # x - (q << 63) is in range; only the int64 ops wrap on the way
+        rem = x_i64 - (q << s)
     half = np.where(s > 0, I64(1) << np.maximum(s - 1, 0), I64(0))
     gt = np.where(s > 0, rem > half, False)
     eq = np.where(s > 0, rem == half, False)
     out = _round_from_parts(q, gt, eq, x_i64 < 0, rounding)
-    if np.any(shift > 62):
-        out = np.where(shift > 62, np.where((x_i64 < 0) & (rounding == "floor"), I64(-1), I64(0)), out)
+    if np.any(shift > 63):
+        negative = x_i64 < 0
+        below_half = np.where(negative & (rounding == "floor"), I64(-1), I64(0))
+        tie = (shift == 64) & (x_i64 == np.iinfo(I64).min)
+        tie_value = I64(-1) if rounding in ("half_away", "floor") else I64(0)
+        out = np.where(shift > 63, np.where(tie, tie_value, below_half), out)
     return out.astype(I64)
 
 
@@ -352,25 +357,47 @@ def _mul_shift_round_split(z_i64, m_i64, e_i64, rounding):
     return b_i64
 
 
+#: ``1.5 * 2^52``: adding it to a float64 ``|x| < 2^51`` rounds ``x`` to an integer (round
+#: half to even, the FPU's default mode) held in the low mantissa bits; subtracting the
+#: constant's bit pattern from the sum's bit pattern (as int64) leaves that integer.
+ROUND_MAGIC_F64 = 6755399441055744.0
+ROUND_MAGIC_BITS = 0x4338000000000000
+#: :func:`rint_f64_to_i64` applies while ``|x| < 2^51``.
+ROUND_MAGIC_LIMIT = 1 << 51
+
+
+def rint_f64_to_i64(x_f64: np.ndarray) -> np.ndarray:
+    """``int64(rint(x))`` (round half to even) for float64 ``|x| < 2^51``, in place.
+
+    ``x + 1.5 * 2^52`` lies in ``[2^52, 2^53)`` where the float64 spacing is 1, so the one
+    rounding of that addition is round-half-to-even of ``x`` (the offset is an even integer);
+    the sum's bits are ``0x4338000000000000 + rint(x)``. Two cheap passes instead of
+    ``rint`` plus a float-to-int conversion. Overwrites ``x_f64``; returns an int64 view of it.
+    """
+    x_f64 += ROUND_MAGIC_F64
+    out = x_f64.view(I64)
+    out -= ROUND_MAGIC_BITS
+    return out
+
+
 def _mul_shift_round_f64(z_i64, m_i64, e_i64, rounding):
     """Tier 0 of :func:`mul_shift_round_fast`: ``rint(z * (m * 2^-e))`` in float64 (exact there)."""
     d_f64 = np.ldexp(m_i64.astype(np.float64), -e_i64.astype(np.int32))
     x_f64 = np.multiply(z_i64, d_f64, dtype=np.float64)
     if rounding == "half_even":
-        np.rint(x_f64, out=x_f64)
-    else:
-        np.floor(x_f64, out=x_f64)
+        return rint_f64_to_i64(x_f64)
+    np.floor(x_f64, out=x_f64)
     return x_f64.astype(I64)
 
 
 def mul_shift_round_fast(z_i64, m_i64, e_i64, rounding: str = "half_even") -> np.ndarray:
     """:func:`mul_shift_round` (same integers, same errors), with cheaper kernels by range.
 
-    * tier 0, ``max|z| * max|m| < 2^53``, rounding ``half_even`` or ``floor``: in float64,
-      ``d = m * 2^-e`` is exact (a 32-bit integer times a power of two) and so is
-      ``z * d`` (its significand ``z * m`` has at most 53 bits), so ``rint`` (round half to
-      even) or ``floor`` of it is the exact result: 3 passes (linear accumulators, int8 and
-      16-bit values).
+    * tier 0, ``max|z| * max|m| < 2^53``, rounding ``half_even`` (``e >= 2``) or ``floor``:
+      in float64, ``d = m * 2^-e`` is exact (a 32-bit integer times a power of two) and so is
+      ``z * d`` (its significand ``z * m`` has at most 53 bits), so round-half-even
+      (:func:`rint_f64_to_i64`, ``|z * d| < 2^51``) or ``floor`` of it is the exact result:
+      3 passes (linear accumulators, int8 and 16-bit values).
     * tier 1, ``|z| <= 2^31`` and ``1 <= e <= 62``: the product ``p = z * m`` fits int64
       (``|p| <= 2^62``) and ``round(p / 2^e) = (p + c) >> e`` (see
       :func:`_rounding_bias_add_shift`): 6 int64 operations instead of ~50.
@@ -394,7 +421,12 @@ def mul_shift_round_fast(z_i64, m_i64, e_i64, rounding: str = "half_even") -> np
     shape = np.broadcast_shapes(z_i64.shape, m_i64.shape, e_i64.shape)
     if z_i64.shape != shape:  # so that every product below has the output's shape
         z_i64 = np.ascontiguousarray(np.broadcast_to(z_i64, shape))
-    if z_bound * abs_bound(m_i64) < F64_EXACT_INT and rounding in ("half_even", "floor") and e_hi <= 1000:
+    m_bound = abs_bound(m_i64)
+    if (
+        z_bound * m_bound < F64_EXACT_INT
+        and ((rounding == "half_even" and e_lo >= 2) or rounding == "floor")
+        and e_hi <= 1000
+    ):  # |z * m / 2^e| < 2^53 / 2^2 = 2^51: within rint_f64_to_i64's range
         kernel = _mul_shift_round_f64
     elif z_bound <= FAST_Z_TIER1 and e_lo >= 1 and e_hi <= 62:
         kernel = _mul_shift_round_tier1
@@ -448,6 +480,30 @@ def matmul_exact_reference(a_int: np.ndarray, b_int: np.ndarray) -> np.ndarray:
     return np.matmul(a_int.astype(I64), b_int.astype(I64))
 
 
+#: Split float GEMMs by rows over :func:`get_num_threads` threads (for a single-threaded BLAS).
+THREADED_GEMM = os.environ.get("IBERT_REF_THREADED_GEMM", "0") == "1"
+
+
+def _matmul_rows(a, b):
+    """``np.matmul(a, b)``, its rows (axis -2 of ``a``) split over threads when THREADED_GEMM."""
+    n = get_num_threads()
+    rows = a.shape[-2] if a.ndim >= 2 else 1
+    if not THREADED_GEMM or n == 1 or rows < 2 * n or a.ndim < 2:
+        return np.matmul(a, b)
+    out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (rows, b.shape[-1]), dtype=np.result_type(a, b))
+    bounds = [rows * i // n for i in range(n + 1)]
+
+    def part(i):
+        r0, r1 = bounds[i], bounds[i + 1]
+        out[..., r0:r1, :] = np.matmul(a[..., r0:r1, :], b)
+
+    futures = [_executor(n).submit(part, i) for i in range(1, n)]
+    part(0)
+    for f in futures:
+        f.result()
+    return out
+
+
 def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarray:
     """Exact integer ``a @ b`` (+ ``add``, broadcast, e.g. a bias) as int64, on float BLAS.
 
@@ -471,12 +527,12 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
     float32_ok = k > 0 and per_term > 0 and (k_chunk >= k or k_chunk >= 64)
     if float32_ok and k * per_term + add_bound < F64_EXACT_INT:
         if k_chunk >= k:
-            acc = np.matmul(a_int.astype(np.float32), b_int.astype(np.float32))
+            acc = _matmul_rows(a_int.astype(np.float32), b_int.astype(np.float32))
         else:
             a_f32, b_f32 = a_int.astype(np.float32), b_int.astype(np.float32)
-            acc = np.matmul(a_f32[..., :k_chunk], b_f32[..., :k_chunk, :]).astype(np.float64)
+            acc = _matmul_rows(a_f32[..., :k_chunk], b_f32[..., :k_chunk, :]).astype(np.float64)
             for k0 in range(k_chunk, k, k_chunk):
-                acc += np.matmul(a_f32[..., k0 : k0 + k_chunk], b_f32[..., k0 : k0 + k_chunk, :])
+                acc += _matmul_rows(a_f32[..., k0 : k0 + k_chunk], b_f32[..., k0 : k0 + k_chunk, :])
         if add_int is None:
             return acc.astype(I64)
         out = np.empty(np.broadcast_shapes(acc.shape, np.shape(add_int)), dtype=I64)
