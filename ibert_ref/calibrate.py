@@ -1,0 +1,532 @@
+"""Calibrate I-BERT's activation ranges in NumPy (no torch): transformers' train-mode semantics.
+
+A quant-mode I-BERT is only usable once every QuantAct has a range (``x_min``/``x_max``) and
+every IntLayerNorm a ``shift``. transformers fills them with forward passes in ``train()`` mode;
+Hub checkpoints such as ``kssteven/ibert-roberta-base`` carry float weights only. This module
+runs the same train-mode forward on NumPy arrays:
+
+* **QuantAct** (``quant_modules.QuantAct.forward`` with ``self.training``): the range is updated
+  from ``x_act = x`` (or ``identity + x`` for a residual), the float32 value transformers holds,
+  *before* the activation is quantized, and the quantization uses the updated range. First call
+  (buffers still within +-1.1e-5): ``x_min = -1e-5 + min(x_act)``, ``x_max = 1e-5 + max(x_act)``;
+  later calls: ``x_min = 0.95 * x_min + 0.05 * min(x_act)`` (same for max), all in float32.
+  ``momentum=-1`` keeps running min/max instead. ``embeddings_act1`` is called twice per
+  forward (word + token type, then + position), so its range moves twice per batch. IntSoftmax's
+  16-bit QuantAct sees the raw integer ``exp_int`` (its range is in integer units).
+* **IntLayerNorm** in train mode: when ``sum(floor(y / 2^shift)^2) >= 2^32`` for some token,
+  ``shift = max(shift, max(ceil(log2(sqrt(sum(y^2) / 2^32)))))`` and the variance is recomputed;
+  it only grows.
+* Dropout is not applied (transformers calibrates with dropout active unless its probabilities
+  are 0; compare with dropout 0).
+
+The forward below follows :mod:`ibert_ref.model`'s dataflow op by op, but compiles each op's
+constants on the fly from the ranges as they stand at that point of the pass.
+
+``datapath="transformers"`` (default) reproduces transformers' float32 values, stale layer scale
+included, so the ranges are the ones transformers would compute (bit-identical with
+``gemm="torch"``, see docs/verification.md); ``datapath="exact"`` observes the exact integer
+model's values (true scales).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import kernels as K
+from .compile import (
+    ACT_BITS,
+    EMBEDDING_ACT_BITS,
+    LN_INPUT_BITS,
+    SOFTMAX_ACT_BITS,
+    check_config,
+    compile_model,
+    dequantized_ops,
+    embedding_params,
+    expected_shape,
+    gelu_params,
+    layernorm_params,
+    linear_params,
+    requant_params,
+    softmax_params,
+)
+from .convert import (
+    UNCALIBRATED_MAX_F32,
+    UNCALIBRATED_MIN_F32,
+    copy_tokenizer_files,
+    is_dead_quant_act,
+    quant_act_names,
+    layernorm_names,
+    uncalibrated_quant_buffers,
+    write_checkpoint,
+)
+from .datapath import Datapath, QTensor, TransformersDatapath, make_datapath
+from .loading import Checkpoint, load_checkpoint
+from .model import roberta_position_ids
+from .quant import F32, symmetric_scale_f32, weight_scale_per_channel_f32
+
+#: transformers' QuantAct momentum (``act_range_momentum``).
+DEFAULT_MOMENTUM = 0.95
+#: A range still inside +-1.1e-5 counts as "not initialised" (transformers' test).
+INIT_THRESHOLD = 1.1e-5
+#: IntLayerNorm's ``max_bit``: the variance must stay below 2^32.
+LN_MAX_BIT = 32
+
+
+class CalibrationError(ValueError):
+    """Calibration cannot go on (NaN activation, LayerNorm overflow transformers would assert on, ...)."""
+
+
+def quant_act_bits(name: str) -> int:
+    """Output width of a QuantAct from its module name (modeling_ibert.py / quant_modules.py)."""
+    if name.endswith(("embeddings_act1", "embeddings_act2", "softmax.act")):
+        return EMBEDDING_ACT_BITS if "embeddings_act" in name else SOFTMAX_ACT_BITS
+    if name.endswith("ln_input_act"):
+        return LN_INPUT_BITS
+    if name.endswith("LayerNorm.activation"):
+        return 32  # ln_output_bit; never called
+    return ACT_BITS
+
+
+# ---------------------------------------------------------------------------------------
+@dataclass
+class RangeTracker:
+    """QuantAct ranges (float32 (1,) arrays) and LayerNorm shifts, updated as transformers does."""
+
+    momentum: float = DEFAULT_MOMENTUM
+    x_min: Dict[str, np.ndarray] = field(default_factory=dict)
+    x_max: Dict[str, np.ndarray] = field(default_factory=dict)
+    shifts: Dict[str, int] = field(default_factory=dict)
+    updates: Dict[str, int] = field(default_factory=dict)
+
+    def update(self, name: str, x_act) -> None:
+        """One train-mode range update from the float32 values ``x_act`` (see module docstring)."""
+        x_act = np.asarray(x_act)
+        lo, hi = F32(np.min(x_act)), F32(np.max(x_act))
+        if np.isnan(lo) or np.isnan(hi):
+            raise CalibrationError(f"{name}: NaN in the activation (transformers asserts here)")
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise CalibrationError(f"{name}: infinite activation value; the range would be unusable")
+        cur_min = self.x_min.get(name, UNCALIBRATED_MIN_F32)
+        cur_max = self.x_max.get(name, UNCALIBRATED_MAX_F32)
+        if float(cur_min.min()) > -INIT_THRESHOLD and float(cur_max.max()) < INIT_THRESHOLD:
+            new_min, new_max = cur_min + lo, cur_max + hi
+        elif self.momentum == -1:
+            new_min, new_max = np.minimum(cur_min, lo), np.maximum(cur_max, hi)
+        else:
+            m, one_minus_m = F32(self.momentum), F32(1 - self.momentum)
+            new_min = cur_min * m + lo * one_minus_m
+            new_max = cur_max * m + hi * one_minus_m
+        self.x_min[name] = np.asarray(new_min, dtype=F32).reshape(1)
+        self.x_max[name] = np.asarray(new_max, dtype=F32).reshape(1)
+        self.updates[name] = self.updates.get(name, 0) + 1
+
+    def scale(self, name: str, bits: int) -> np.ndarray:
+        """``max(|x_min|, |x_max|) / (2^(bits-1) - 1)`` (float32, (1,))."""
+        return symmetric_scale_f32(bits, self.x_min[name], self.x_max[name])
+
+    def observe(self, name: str, x_act, bits: int) -> np.ndarray:
+        """Update the range from ``x_act``, then return the (updated) output scale."""
+        self.update(name, x_act)
+        return self.scale(name, bits)
+
+
+# ---------------------------------------------------------------------------------------
+def _new_shift_exact(var_unshifted_max: int) -> int:
+    """``ceil(log2(sqrt(v / 2^32)))`` for an exact integer ``v``: the smallest ``k`` with ``4^(k+16) >= v``."""
+    v = int(var_unshifted_max)
+    n = 0
+    while 4**n < v:
+        n += 1
+    return n - 16
+
+
+def layernorm_train_shift(dp: Datapath, x: QTensor, shift: int, name: str = "IntLayerNorm") -> int:
+    """IntLayerNorm's train-mode overflow guard: the (possibly raised) ``shift`` for input ``x``.
+
+    Same steps as :func:`ibert_ref.kernels.int_layernorm` up to the variance:
+    ``var = sum(floor((x - rne(mean x)) / 2^shift)^2)``. If ``max(var) >= 2^32``:
+    ``shift = max(shift, max_rows ceil(log2(sqrt(sum(y^2) / 2^32))))`` (float32 in the
+    transformers datapath, exact integers otherwise); if the variance still reaches 2^32 + 0.1,
+    raise (transformers asserts).
+    """
+    x_int = dp.recover(x)
+    y = x_int - dp.round_mean_last(x_int)
+
+    def variance(k):
+        y_shifted = dp.floor_div_pow2(y, k)
+        return dp.sum_last(y_shifted * y_shifted)
+
+    var = variance(shift)
+    if float(np.max(var)) < 2.0**LN_MAX_BIT:
+        return shift
+    if np.issubdtype(np.asarray(y).dtype, np.integer):
+        var_full = np.sum(y * y, axis=-1)  # |y| < 2^22 (22-bit input), so this fits int64
+        new = _new_shift_exact(int(np.max(var_full)))
+    else:
+        var_full = dp.sum_last(y * y)
+        with np.errstate(divide="ignore"):
+            new = int(np.max(np.ceil(np.log2(np.sqrt(var_full / F32(2.0**LN_MAX_BIT))))))
+    shift = max(int(shift), new)
+    if float(np.max(variance(shift))) >= 2.0**LN_MAX_BIT + 0.1:
+        raise CalibrationError(f"{name}: variance still >= 2^32 after raising shift to {shift}")
+    return shift
+
+
+# ---------------------------------------------------------------------------------------
+class Calibrator:
+    """Runs train-mode forward passes over batches and keeps the ranges (see module docstring).
+
+    ``checkpoint``: a loaded :class:`~ibert_ref.loading.Checkpoint` (float weights; ranges are
+    read from it only when ``reset=False``).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        datapath: str = "transformers",
+        gemm: str = "numpy",
+        momentum: float = DEFAULT_MOMENTUM,
+        reset: bool = True,
+    ):
+        self.checkpoint = checkpoint
+        self.config = dict(checkpoint.config)
+        check_config({**self.config, "quant_mode": True})
+        if dequantized_ops(self.config):
+            raise CalibrationError(
+                f"force_dequant={self.config.get('force_dequant')!r}: calibration implements the all-integer "
+                "model only (force_dequant='none')"
+            )
+        self.dp = make_datapath(datapath, gemm=gemm)
+        self.tracker = RangeTracker(momentum=momentum)
+        n = self.config["num_hidden_layers"]
+        for name in layernorm_names(n):
+            self.tracker.shifts[name] = 0
+        if not reset:
+            for name in quant_act_names(n):
+                if checkpoint.has(name + ".x_min"):
+                    self.tracker.x_min[name] = self.get(name + ".x_min").reshape(1)
+                    self.tracker.x_max[name] = self.get(name + ".x_max").reshape(1)
+            for name in layernorm_names(n):
+                if checkpoint.has(name + ".shift"):
+                    self.tracker.shifts[name] = int(self.get(name + ".shift").reshape(-1)[0])
+        e = "embeddings."
+        self.word = embedding_params(self.dp, self.get(e + "word_embeddings.weight"))
+        self.token_type = embedding_params(self.dp, self.get(e + "token_type_embeddings.weight"))
+        self.position = embedding_params(self.dp, self.get(e + "position_embeddings.weight"))
+        self.batches = 0
+        self.tokens = 0
+
+    def get(self, key: str) -> np.ndarray:
+        return self.checkpoint.tensor(key, shape=expected_shape(key, self.config)).astype(F32)
+
+    # -- inputs ------------------------------------------------------------------------
+    def _inputs(self, input_ids, attention_mask, token_type_ids):
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.size == 0:
+            raise ValueError(f"input_ids must be a non-empty (batch, seq) array, got shape {ids.shape}")
+        vocab = self.config["vocab_size"]
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise ValueError(f"input_ids outside the vocabulary [0, {vocab})")
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        if mask.shape != ids.shape or not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must be 0/1 with the shape of input_ids")
+        if not mask.any(axis=1).all():
+            raise ValueError("an attention_mask row masks every token")
+        tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
+        pad = self.config.get("pad_token_id", 1)
+        pos = roberta_position_ids(ids, pad)
+        maxpos = self.config["max_position_embeddings"]
+        if pos.max() >= maxpos:
+            raise ValueError(f"sequence too long: at most {maxpos - pad - 1} tokens")
+        return ids, mask, tt, pos
+
+    # -- the train-mode forward --------------------------------------------------------
+    def step(self, input_ids, attention_mask=None, token_type_ids=None) -> None:
+        """One train-mode forward over a batch: updates every live QuantAct range and LN shift."""
+        ids, mask, tt, pos = self._inputs(input_ids, attention_mask, token_type_ids)
+        dp = self.dp
+        h = self._embeddings(ids, tt, pos)
+        emb_scale = h.scale
+        for i in range(self.config["num_hidden_layers"]):
+            h = self._layer(i, dp.layer_input(h, emb_scale), mask)
+        self.batches += 1
+        self.tokens += int(mask.sum())
+
+    def _observe(self, name, x_act, bits=None):
+        return self.tracker.observe(name, x_act, quant_act_bits(name) if bits is None else bits)
+
+    def _requant(self, name, x: QTensor, identity: Optional[QTensor] = None) -> QTensor:
+        """A QuantAct in train mode: observe ``identity + x``, then requantize with the new range."""
+        dp = self.dp
+        x_act = dp.dequantize(x) if identity is None else dp.dequantize(identity) + dp.dequantize(x)
+        bits = quant_act_bits(name)
+        scale = self._observe(name, x_act, bits)
+        params = requant_params(bits, scale, x.scale, None if identity is None else identity.scale)
+        return K.requantize(dp, x, params, identity=identity)
+
+    def _layernorm(self, name, x: QTensor) -> QTensor:
+        shift = layernorm_train_shift(self.dp, x, self.tracker.shifts.get(name, 0), name)
+        self.tracker.shifts[name] = shift
+        params = layernorm_params(
+            self.dp, self.get(name + ".weight"), self.get(name + ".bias"), np.array([shift], dtype=F32)
+        )
+        return K.int_layernorm(self.dp, x, params)
+
+    def _linear(self, name, x: QTensor) -> QTensor:
+        params = linear_params(self.dp, self.get(name + ".weight"), self.get(name + ".bias"), x.scale)
+        return K.quant_linear(self.dp, x, params)
+
+    def _embeddings(self, ids, tt, pos) -> QTensor:
+        dp, e = self.dp, "embeddings."
+        word = K.quant_embedding(dp, self.word, ids)
+        token_type = K.quant_embedding(dp, self.token_type, tt)
+        emb = self._requant(e + "embeddings_act1", word, identity=token_type)
+        position = K.quant_embedding(dp, self.position, pos)
+        emb = self._requant(e + "embeddings_act1", emb, identity=position)  # the same module again
+        emb = self._layernorm(e + "LayerNorm", emb)
+        return self._requant(e + "output_activation", emb)
+
+    def _softmax(self, pre, scores, score_scale) -> QTensor:
+        """IntSoftmax in train mode: the 16-bit QuantAct's range comes from ``exp_int``."""
+        dp = self.dp
+        placeholder = softmax_params(dp, score_scale, np.ones(1, dtype=F32))
+        z, z_q = exp_polynomial(dp, scores, placeholder)
+        exp_int_f32 = exp_integers_f32(dp, z, z_q)
+        act_scale = self._observe(pre + "softmax.act", exp_int_f32, SOFTMAX_ACT_BITS)
+        p = softmax_params(dp, score_scale, act_scale)
+        e16 = dp.exp_requantize(z, z_q, p.exp_scale, p.dy_tf, p.dy_exact, p.act_bits)
+        return K.softmax_normalize(dp, dp.emit(e16, p.act_scale), p)
+
+    def _layer(self, i: int, h: QTensor, mask) -> QTensor:
+        dp = self.dp
+        pre = f"encoder.layer.{i}."
+        sa = pre + "attention.self."
+        num_heads = self.config["num_attention_heads"]
+        head_dim = self.config["hidden_size"] // num_heads
+
+        q = self._requant(sa + "query_activation", self._linear(sa + "query", h))
+        k = self._requant(sa + "key_activation", self._linear(sa + "key", h))
+        v = self._requant(sa + "value_activation", self._linear(sa + "value", h))
+        score_scale = (q.scale * k.scale) / F32(math.sqrt(head_dim))
+        scores = K.attention_scores(dp, q, k, num_heads, mask, score_scale)
+        probs = self._softmax(sa, scores, score_scale)
+        context = dp.attention_context(probs, v, num_heads, F32(1.0 / 256.0) * v.scale)
+        context = self._requant(sa + "output_activation", context)
+
+        ao = pre + "attention.output."
+        a = self._requant(ao + "ln_input_act", self._linear(ao + "dense", context), identity=h)
+        a = self._requant(ao + "output_activation", self._layernorm(ao + "LayerNorm", a))
+        a = self._requant(pre + "pre_intermediate_act", a)
+
+        f = self._linear(pre + "intermediate.dense", a)
+        f = K.int_gelu(dp, f, gelu_params(dp, f.scale))
+        f = self._requant(pre + "intermediate.output_activation", f)
+        f = self._requant(pre + "pre_output_act", f)
+
+        o = pre + "output."
+        y = self._requant(o + "ln_input_act", self._linear(o + "dense", f), identity=a)
+        y = self._layernorm(o + "LayerNorm", y)
+        return self._requant(o + "output_activation", y)
+
+    # -- results -----------------------------------------------------------------------
+    def ranges(self) -> Dict[str, Tuple[float, float]]:
+        """``{QuantAct name: (x_min, x_max)}`` for every range observed so far."""
+        return {n: (float(self.tracker.x_min[n][0]), float(self.tracker.x_max[n][0])) for n in self.tracker.x_min}
+
+    def buffers(self) -> Dict[str, np.ndarray]:
+        """Every quantization buffer of the calibrated model (keys without prefix).
+
+        ``x_min``/``x_max``/``act_scaling_factor`` of the live QuantActs, ``shift`` of every
+        IntLayerNorm, and the derived QuantLinear/QuantEmbedding buffers (``weight_integer``,
+        ``fc_scaling_factor``, ``bias_integer``, ``weight_scaling_factor``) as an eval forward of
+        transformers leaves them (bias quantized with the stale layer-input scale). Dead QuantActs
+        keep transformers' initial values.
+        """
+        n = self.config["num_hidden_layers"]
+        missing = [a for a in quant_act_names(n) if not is_dead_quant_act(a) and a not in self.tracker.x_min]
+        if missing:
+            raise CalibrationError(f"no calibration batch has been run (first unset range: {missing[0]})")
+        out = uncalibrated_quant_buffers(self.config)
+        for name in self.tracker.x_min:
+            out[name + ".x_min"] = self.tracker.x_min[name].copy()
+            out[name + ".x_max"] = self.tracker.x_max[name].copy()
+            out[name + ".act_scaling_factor"] = self.tracker.scale(name, quant_act_bits(name))
+        for name, shift in self.tracker.shifts.items():
+            out[name + ".shift"] = np.array([shift], dtype=F32)
+        out.update(self._derived_buffers(out))
+        return out
+
+    def _derived_buffers(self, buffers) -> Dict[str, np.ndarray]:
+        def get(key):
+            return buffers[key] if key in buffers else self.get(key)
+
+        tf = TransformersDatapath()
+        cm = compile_model(tf, {**self.config, "quant_mode": True}, get, lambda k: k in buffers or self.checkpoint.has(k))
+        out = {}
+        emb = cm.embeddings
+        for table, params in (("word", emb.word), ("token_type", emb.token_type), ("position", emb.position)):
+            out[f"embeddings.{table}_embeddings.weight_integer"] = np.asarray(params.w, dtype=F32)
+            out[f"embeddings.{table}_embeddings.weight_scaling_factor"] = np.asarray(params.scale, dtype=F32).reshape(1)
+        names = {
+            "query": "attention.self.query",
+            "key": "attention.self.key",
+            "value": "attention.self.value",
+            "attn_dense": "attention.output.dense",
+            "intermediate_dense": "intermediate.dense",
+            "output_dense": "output.dense",
+        }
+        for i, layer in enumerate(cm.layers):
+            for attr, mod in names.items():
+                p = f"encoder.layer.{i}.{mod}"
+                lp = getattr(layer, attr)
+                out[p + ".weight_integer"] = np.asarray(lp.w, dtype=F32)
+                out[p + ".bias_integer"] = np.asarray(lp.b, dtype=F32)
+                out[p + ".fc_scaling_factor"] = weight_scale_per_channel_f32(self.get(p + ".weight"))
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+def exp_polynomial(dp: Datapath, scores, p: K.SoftmaxParams):
+    """Steps 1-3 of :func:`ibert_ref.kernels.int_exp`: ``(poly, z_q)`` before the ``2^(30 - z_q)`` shift."""
+    x = scores - scores.max(axis=-1, keepdims=True)
+    x = np.maximum(x, p.x0_30)
+    z_q = dp.floor_div(x, p.x0_int)
+    r = x - p.x0_int * z_q
+    return (r + p.b_int) * r + p.c_int, z_q
+
+
+def exp_integers_f32(dp: Datapath, poly, z_q) -> np.ndarray:
+    """``exp_int = max(floor(poly * 2^(30 - z_q)), 0)`` as the float32 values transformers'
+    16-bit QuantAct observes (float32 arithmetic in the transformers datapath; the exact integer,
+    then rounded to float32, otherwise)."""
+    if np.issubdtype(np.asarray(poly).dtype, np.integer):
+        exact = np.maximum(poly, 0).astype(np.float64) * np.exp2((30 - z_q).astype(np.float64))
+        return exact.astype(F32)
+    return np.maximum(np.floor(poly * dp.pow2(F32(30) - z_q)), F32(0))
+
+
+# ---------------------------------------------------------------------------------------
+def read_texts(path) -> List[str]:
+    """Non-empty lines of a UTF-8 text file (one calibration text per line)."""
+    with open(path, encoding="utf-8") as f:
+        texts = [line.strip() for line in f]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise ValueError(f"{path}: no non-empty lines")
+    return texts
+
+
+def make_batches(tokenizer, texts: Sequence[str], batch_size: int = 8, max_length: int = 128):
+    """Tokenize ``texts`` in order into right-padded batches ``[(input_ids, attention_mask), ...]``
+    (int64), each sequence truncated to ``max_length`` tokens."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[i:i + batch_size]), truncation=True, max_length=max_length)
+        batches.append((enc["input_ids"], enc["attention_mask"]))
+    return batches
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate_checkpoint` did: the output folder (or None), the ranges, shifts,
+    the number of batches and real tokens seen, and the datapath used."""
+
+    folder: Optional[str]
+    ranges: Dict[str, Tuple[float, float]]
+    shifts: Dict[str, int]
+    batches: int
+    tokens: int
+    datapath: str
+    tensors: Dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    config: dict = field(repr=False, default_factory=dict)
+
+
+def _base_prefix(checkpoint: Checkpoint) -> str:
+    return "ibert." if "ibert.embeddings.word_embeddings.weight" in checkpoint.tensors else ""
+
+
+def calibrate_checkpoint(
+    model,
+    *,
+    texts: Optional[Sequence[str]] = None,
+    batches: Optional[Iterable] = None,
+    out=None,
+    batch_size: int = 8,
+    max_length: Optional[int] = None,
+    datapath: str = "transformers",
+    gemm: str = "numpy",
+    momentum: float = DEFAULT_MOMENTUM,
+    reset: bool = True,
+    progress: bool = True,
+    revision: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    local_files_only: bool = False,
+) -> CalibrationResult:
+    """Calibrate the I-BERT checkpoint ``model`` (folder or Hub id) and optionally write it to ``out``.
+
+    Give ``texts`` (tokenized with the checkpoint's tokenizer into batches of ``batch_size``,
+    truncated to ``max_length`` tokens, default ``min(128, the position limit)``) or ready
+    ``batches`` of ``(input_ids, attention_mask)``. ``reset=True`` starts from transformers'
+    initial ranges (+-1e-5, shift 0); ``reset=False`` continues the EMA from the checkpoint's.
+
+    The written folder holds ``config.json`` (``quant_mode=true``), ``model.safetensors`` (every
+    input tensor, with the quantization buffers replaced, keeping an ``ibert.`` prefix if the
+    input had one) and the tokenizer files; both :class:`ibert_ref.IBertModel` and transformers'
+    ``IBertModel.from_pretrained`` load it.
+    """
+    from .progress import progress as progress_bar
+
+    ckpt = load_checkpoint(model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    tokenizer = None
+    if batches is None:
+        if texts is None:
+            raise ValueError("give texts or batches to calibrate on")
+        from .tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_pretrained(
+            model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
+        )
+        cfg = ckpt.config
+        limit = cfg["max_position_embeddings"] - cfg.get("pad_token_id", 1) - 1
+        batches = make_batches(tokenizer, list(texts), batch_size, min(max_length or 128, limit))
+    batches = list(batches)
+    if not batches:
+        raise ValueError("no calibration batches")
+
+    cal = Calibrator(ckpt, datapath=datapath, gemm=gemm, momentum=momentum, reset=reset)
+    for ids, mask in progress_bar(batches, desc="calibrate", unit="batch", enabled=progress):
+        cal.step(ids, mask)
+
+    prefix = _base_prefix(ckpt)
+    tensors = dict(ckpt.tensors)
+    for key, value in cal.buffers().items():
+        tensors[prefix + key] = value
+    config = dict(ckpt.config)
+    config["quant_mode"] = True
+    config.setdefault("force_dequant", "none")
+    result = CalibrationResult(
+        folder=None,
+        ranges=cal.ranges(),
+        shifts=dict(cal.tracker.shifts),
+        batches=cal.batches,
+        tokens=cal.tokens,
+        datapath=cal.dp.name,
+        tensors=tensors,
+        config=config,
+    )
+    if out is not None:
+        write_checkpoint(out, config, tensors)
+        copy_tokenizer_files(ckpt.source, out)
+        if tokenizer is not None and tokenizer.source and os.path.isdir(tokenizer.source):
+            copy_tokenizer_files(tokenizer.source, out)
+        result.folder = os.fspath(out)
+    return result

@@ -1,0 +1,566 @@
+"""Golden test vectors for RTL: every op's integers, constants and wiring, written to a folder.
+
+``write_vectors(model, input_ids, out)`` runs the integer model once and writes:
+
+* ``vectors.npz``: every op output and model input, keyed by name, plus every op constant
+  array (``param:<op>.<name>``), in their integer dtypes;
+* ``hex/<name>.hex`` and ``params/<op>.<name>.hex``: ``$readmemh`` files, one element per
+  line in row-major (C) order, two's complement at the declared width (wider, and flagged, if
+  the values need it), ``ceil(bits / 4)`` hex digits, no ``0x`` prefix;
+* ``manifest.json``: the model inputs, then the ops in execution order, each with its kernel
+  (``op``), ``inputs`` (names of earlier entries), shape, dtype, declared ``bits``, output scale
+  (float32 values, and their IEEE-754 bit patterns), and ``params``: widths, dyadic
+  multipliers ``(m, e)`` (value ``m * 2^-e``), polynomial constants and references to the
+  constant arrays; and the model's source and sha256 of config.json and the weight files.
+
+Every op can be re-run from these files alone: :func:`rerun_op` rebuilds its kernel
+parameters from the manifest and arrays and calls the same kernel
+(:mod:`ibert_ref.kernels`); tests/test_vectors.py does this for every op.
+
+Besides the quantized modules of the trace, three intermediates become ops of their own so
+that each op's inputs are in the files: ``embeddings.embeddings_act1.first_call`` (the first of
+the two calls of that QuantAct), ``encoder.layer.N.attention.self.scores`` (``Q K^T`` per head,
+int32, *without* the mask: the mask is an input of ``softmax.act``) and
+``encoder.layer.N.attention.self.context`` (``P V``, int32).
+
+Integer datapaths only (``exact`` and the hardware profiles): the transformers datapath holds
+floats between ops, so its ops cannot be re-run from integers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import intops
+from . import kernels as K
+from .datapath import QTensor
+from .quant import F32, Dyadic, bits_needed_signed
+
+FORMAT_VERSION = 1
+NPZ_NAME = "vectors.npz"
+MANIFEST_NAME = "manifest.json"
+
+#: Declared widths of the model inputs and of the extra intermediates.
+INPUT_BITS = 32
+SCORES_BITS = 32
+CONTEXT_BITS = 32
+FIRST_CALL = ".first_call"
+
+
+class VectorsError(ValueError):
+    """Vectors cannot be written or re-read as asked (a value does not fit its width, ...)."""
+
+
+# ---------------------------------------------------------------------------------------
+# $readmemh files
+def hex_digits(bits: int) -> int:
+    return (int(bits) + 3) // 4
+
+
+def check_fits(values, bits: int, what: str = "value") -> None:
+    """Raise :class:`VectorsError` if any value is outside ``[-2^(bits-1), 2^(bits-1) - 1]``."""
+    v = np.asarray(values)
+    if v.size == 0:
+        return
+    lo, hi = int(v.min()), int(v.max())
+    if lo < -(1 << (bits - 1)) or hi > (1 << (bits - 1)) - 1:
+        raise VectorsError(f"{what}: values in [{lo}, {hi}] do not fit {bits}-bit two's complement")
+
+
+def to_hex_bytes(values, bits: int, what: str = "value") -> bytes:
+    """``values`` (any int array) as ``$readmemh`` text: row-major, one element per line,
+    two's complement in ``bits`` bits, ``ceil(bits/4)`` lowercase hex digits."""
+    if not 1 <= bits <= 64:
+        raise VectorsError(f"{what}: width {bits} is outside 1..64 bits")
+    v = np.asarray(values)
+    if not np.issubdtype(v.dtype, np.integer):
+        raise VectorsError(f"{what}: expected an integer array, got {v.dtype}")
+    check_fits(v, bits, what)
+    u = np.ascontiguousarray(v, dtype=np.int64).reshape(-1).view(np.uint64)
+    if bits < 64:
+        u = u & np.uint64((1 << bits) - 1)
+    nd = hex_digits(bits)
+    table = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    chars = np.empty((u.size, nd + 1), dtype=np.uint8)
+    for k in range(nd):
+        chars[:, nd - 1 - k] = table[((u >> np.uint64(4 * k)) & np.uint64(15)).astype(np.intp)]
+    chars[:, nd] = ord("\n")
+    return chars.tobytes()
+
+
+def write_hex(path, values, bits: int, what: str = "value") -> None:
+    Path(path).write_bytes(to_hex_bytes(values, bits, what))
+
+
+def read_hex(path, bits: int, shape: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Read a ``$readmemh`` file written by :func:`write_hex` back to int64 (sign-extended)."""
+    lines = Path(path).read_bytes().split()
+    nd = hex_digits(bits)
+    if any(len(t) != nd for t in lines):
+        raise VectorsError(f"{path}: every line must have {nd} hex digits")
+    if not lines:
+        return np.zeros(shape or (0,), dtype=np.int64)
+    chars = np.frombuffer(b"".join(lines), dtype=np.uint8).reshape(len(lines), nd)
+    digit = np.where(chars >= ord("a"), chars - ord("a") + 10, chars - ord("0")).astype(np.uint64)
+    u = np.zeros(len(lines), dtype=np.uint64)
+    for k in range(nd):
+        u = (u << np.uint64(4)) | digit[:, k]
+    v = u.view(np.int64) if bits == 64 else u.astype(np.int64)
+    if bits < 64:
+        sign = np.int64(1) << np.int64(bits - 1)
+        v = np.where(v >= sign, v - (sign << np.int64(1)), v)
+    return v.reshape(shape) if shape is not None else v
+
+
+# ---------------------------------------------------------------------------------------
+# Input ids from a file (CLI --input-ids)
+def read_input_ids(path, pad_token_id: int = 1):
+    """Token ids from a file: ``.npy`` (2-D or 1-D ints), ``.npz`` (``input_ids`` and optional
+    ``attention_mask``), ``.json`` (a list of id lists, or ``{"input_ids": ..., "attention_mask": ...}``)
+    or text (one sequence per line, ids separated by spaces or commas). Ragged sequences are
+    right-padded with ``pad_token_id``. Returns ``(input_ids, attention_mask)`` int64."""
+    path = os.fspath(path)
+    mask = None
+    if path.endswith(".npy"):
+        seqs = np.load(path, allow_pickle=False)
+    elif path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            if "input_ids" not in z:
+                raise ValueError(f"{path}: no 'input_ids' array")
+            seqs = z["input_ids"]
+            mask = z["attention_mask"] if "attention_mask" in z else None
+    elif path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+        if isinstance(obj, dict):
+            seqs, mask = obj.get("input_ids"), obj.get("attention_mask")
+            if seqs is None:
+                raise ValueError(f"{path}: no 'input_ids' key")
+        else:
+            seqs = obj
+    else:
+        with open(path, encoding="utf-8") as f:
+            seqs = [[int(t) for t in line.replace(",", " ").split()] for line in f if line.strip()]
+    if isinstance(seqs, np.ndarray):
+        if not np.issubdtype(seqs.dtype, np.integer):
+            raise ValueError(f"{path}: input ids must be integers, got {seqs.dtype}")
+        ids = seqs.astype(np.int64)
+        ids = ids[None, :] if ids.ndim == 1 else ids
+        mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int64).reshape(ids.shape)
+        return ids, mask
+    if seqs and not isinstance(seqs[0], (list, tuple)):
+        seqs = [seqs]
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise ValueError(f"{path}: no token ids (or an empty sequence)")
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_token_id, dtype=np.int64)
+    auto_mask = np.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = [int(t) for t in s]
+        auto_mask[i, : len(s)] = 1
+    if mask is not None:
+        auto_mask = np.full_like(ids, 0)
+        for i, m in enumerate(mask):
+            auto_mask[i, : len(m)] = m
+    return ids, auto_mask
+
+
+# ---------------------------------------------------------------------------------------
+# The op graph: (name, kernel, input names, params attribute)
+@dataclass(frozen=True)
+class OpSpec:
+    """One op of the vectors: its name, the kernel (``op``), the names of its inputs and
+    where its compiled parameters live (attribute of EmbeddingsParams / LayerParams)."""
+
+    name: str
+    kind: str
+    op: str
+    inputs: tuple
+    params: Optional[str]
+    layer: Optional[int] = None
+    bits: Optional[int] = None
+
+
+def op_graph(num_layers: int) -> List[OpSpec]:
+    """Every op of an IBertModel forward, in execution order (see the module docstring)."""
+    e = "embeddings."
+    ops = [
+        OpSpec(e + "word_embeddings", "QuantEmbedding", "quant_embedding", ("input_ids",), "word"),
+        OpSpec(e + "token_type_embeddings", "QuantEmbedding", "quant_embedding", ("token_type_ids",), "token_type"),
+        OpSpec(e + "embeddings_act1" + FIRST_CALL, "QuantAct", "requantize",
+               (e + "word_embeddings", e + "token_type_embeddings"), "act1_first", bits=16),
+        OpSpec(e + "position_embeddings", "QuantEmbedding", "quant_embedding", ("position_ids",), "position"),
+        OpSpec(e + "embeddings_act1", "QuantAct", "requantize",
+               (e + "embeddings_act1" + FIRST_CALL, e + "position_embeddings"), "act1_second", bits=16),
+        OpSpec(e + "LayerNorm", "IntLayerNorm", "int_layernorm", (e + "embeddings_act1",), "layernorm"),
+        OpSpec(e + "output_activation", "QuantAct", "requantize", (e + "LayerNorm",), "output_activation", bits=8),
+    ]
+    h = e + "output_activation"
+    for i in range(num_layers):
+        p = f"encoder.layer.{i}."
+        sa, ao = p + "attention.self.", p + "attention.output."
+
+        def spec(name, kind, op, inputs, params, bits=None):
+            return OpSpec(name, kind, op, tuple(inputs), params, i, bits)
+
+        ops += [
+            spec(sa + "query", "QuantLinear", "quant_linear", [h], "query"),
+            spec(sa + "key", "QuantLinear", "quant_linear", [h], "key"),
+            spec(sa + "value", "QuantLinear", "quant_linear", [h], "value"),
+            spec(sa + "query_activation", "QuantAct", "requantize", [sa + "query"], "query_activation", 8),
+            spec(sa + "key_activation", "QuantAct", "requantize", [sa + "key"], "key_activation", 8),
+            spec(sa + "value_activation", "QuantAct", "requantize", [sa + "value"], "value_activation", 8),
+            spec(sa + "scores", "AttentionScores", "attention_scores",
+                 [sa + "query_activation", sa + "key_activation"], "score_scale", SCORES_BITS),
+            spec(sa + "softmax.act", "QuantAct", "int_exp", [sa + "scores", "attention_mask"], "softmax", 16),
+            spec(sa + "softmax", "IntSoftmax", "softmax_normalize", [sa + "softmax.act"], "softmax"),
+            spec(sa + "context", "AttentionContext", "attention_context",
+                 [sa + "softmax", sa + "value_activation"], "context_scale", CONTEXT_BITS),
+            spec(sa + "output_activation", "QuantAct", "requantize", [sa + "context"], "self_output_activation", 8),
+            spec(ao + "dense", "QuantLinear", "quant_linear", [sa + "output_activation"], "attn_dense"),
+            spec(ao + "ln_input_act", "QuantAct", "requantize", [ao + "dense", h], "attn_ln_input_act", 22),
+            spec(ao + "LayerNorm", "IntLayerNorm", "int_layernorm", [ao + "ln_input_act"], "attn_layernorm"),
+            spec(ao + "output_activation", "QuantAct", "requantize", [ao + "LayerNorm"], "attn_output_activation", 8),
+            spec(p + "pre_intermediate_act", "QuantAct", "requantize", [ao + "output_activation"],
+                 "pre_intermediate_act", 8),
+            spec(p + "intermediate.dense", "QuantLinear", "quant_linear", [p + "pre_intermediate_act"],
+                 "intermediate_dense"),
+            spec(p + "intermediate.intermediate_act_fn", "IntGELU", "int_gelu", [p + "intermediate.dense"], "gelu"),
+            spec(p + "intermediate.output_activation", "QuantAct", "requantize",
+                 [p + "intermediate.intermediate_act_fn"], "intermediate_output_activation", 8),
+            spec(p + "pre_output_act", "QuantAct", "requantize", [p + "intermediate.output_activation"],
+                 "pre_output_act", 8),
+            spec(p + "output.dense", "QuantLinear", "quant_linear", [p + "pre_output_act"], "output_dense"),
+            spec(p + "output.ln_input_act", "QuantAct", "requantize", [p + "output.dense", p + "pre_intermediate_act"],
+                 "output_ln_input_act", 22),
+            spec(p + "output.LayerNorm", "IntLayerNorm", "int_layernorm", [p + "output.ln_input_act"],
+                 "output_layernorm"),
+            spec(p + "output.output_activation", "QuantAct", "requantize", [p + "output.LayerNorm"],
+                 "output_activation", 8),
+        ]
+        h = p + "output.output_activation"
+    return ops
+
+
+# ---------------------------------------------------------------------------------------
+# Running one op (from compiled params or from the files)
+def _f32_list(a) -> list:
+    return [float(x) for x in np.asarray(a, dtype=F32).reshape(-1)]
+
+
+def _f32_hex(a) -> list:
+    return [f"{int(x):08x}" for x in np.asarray(a, dtype=F32).reshape(-1).view(np.uint32)]
+
+
+def _run(dp, spec: OpSpec, params, num_heads: int, inputs: List[np.ndarray], scales: List[np.ndarray]):
+    """Run ``spec``'s kernel on integer inputs (with their scales); returns (integers, scale)."""
+    def qt(i):
+        return QTensor(np.asarray(inputs[i], dtype=np.int64), np.asarray(scales[i], dtype=F32))
+
+    if spec.op == "quant_embedding":
+        out = K.quant_embedding(dp, params, np.asarray(inputs[0], dtype=np.int64))
+    elif spec.op == "requantize":
+        out = K.requantize(dp, qt(0), params, identity=qt(1) if len(inputs) > 1 else None)
+    elif spec.op == "quant_linear":
+        out = K.quant_linear(dp, qt(0), params)
+    elif spec.op == "attention_scores":
+        scores = K.attention_scores(dp, qt(0), qt(1), num_heads, None, params)
+        return np.asarray(scores, dtype=np.int64), np.asarray(params, dtype=F32)
+    elif spec.op == "int_exp":
+        mask = np.asarray(inputs[1]).astype(bool)[:, None, None, :]
+        scores = np.where(mask, np.asarray(inputs[0], dtype=np.int64), -intops.SATURATION_I64)
+        out = K.int_exp(dp, scores, params)
+    elif spec.op == "softmax_normalize":
+        out = K.softmax_normalize(dp, qt(0), params)
+    elif spec.op == "attention_context":
+        out = dp.attention_context(qt(0), qt(1), num_heads, params)
+    elif spec.op == "int_gelu":
+        out = K.int_gelu(dp, qt(0), params)
+    elif spec.op == "int_layernorm":
+        out = K.int_layernorm(dp, qt(0), params)
+    else:  # pragma: no cover
+        raise VectorsError(f"unknown op {spec.op!r}")
+    return np.asarray(dp.integers(out), dtype=np.int64), np.asarray(out.scale, dtype=F32)
+
+
+def _params_of(compiled, spec: OpSpec):
+    group = compiled.embeddings if spec.layer is None else compiled.layers[spec.layer]
+    return getattr(group, spec.params)
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+class _Writer:
+    def __init__(self, out: Path, param_hex: bool, strict_widths: bool = False):
+        self.out = out
+        self.param_hex = param_hex
+        self.strict_widths = strict_widths
+        self.warnings: List[str] = []
+        self.arrays: Dict[str, np.ndarray] = {}
+        (out / "hex").mkdir(parents=True, exist_ok=True)
+        if param_hex:
+            (out / "params").mkdir(parents=True, exist_ok=True)
+
+    def tensor(self, name, values, bits, scale=None) -> dict:
+        values = np.asarray(values)
+        entry = {"name": name}
+        needed = bits_needed_signed(int(values.min()), int(values.max())) if values.size else 1
+        if needed > bits:
+            if self.strict_widths:
+                raise VectorsError(
+                    f"{name}: values in [{int(values.min())}, {int(values.max())}] need {needed} bits, more than the "
+                    f"declared {bits}; drop strict_widths (--strict-widths) to write them {needed} bits wide")
+            self.warnings.append(f"{name}: needs {needed} bits, declared {bits}: written {needed} bits wide")
+            entry["declared_bits"] = int(bits)
+            bits = needed
+        path = f"hex/{name}.hex"
+        write_hex(self.out / path, values, bits, name)
+        self.arrays[name] = values
+        entry.update({"shape": list(values.shape), "dtype": str(values.dtype), "bits": int(bits),
+                      "hex": path, "npz_key": name})
+        if scale is not None:
+            entry["scale"] = _f32_list(scale)
+            entry["scale_f32_bits"] = _f32_hex(scale)
+        return entry
+
+    def param(self, op_name, pname, values, bits) -> dict:
+        values = np.asarray(values)
+        key = f"param:{op_name}.{pname}"
+        self.arrays[key] = values
+        entry = {"npz_key": key, "shape": list(values.shape), "dtype": str(values.dtype), "bits": int(bits)}
+        if self.param_hex:
+            path = f"params/{op_name}.{pname}.hex"
+            write_hex(self.out / path, values, bits, key)
+            entry["hex"] = path
+        return entry
+
+
+def _dyadic(dy: Optional[Dyadic]):
+    if dy is None:
+        return None
+    return {"m": np.asarray(dy.m, dtype=np.int64).tolist(), "e": np.asarray(dy.e, dtype=np.int64).tolist(),
+            "value": np.asarray(dy.value, dtype=np.float64).tolist()}
+
+
+def _describe_params(w: _Writer, spec: OpSpec, p, in_scales) -> dict:
+    """The manifest ``params`` of one op (constants inline, arrays by reference)."""
+    op = spec.op
+    if op == "quant_embedding":
+        return {"table": w.param(spec.name, "table", np.asarray(p.w, dtype=np.int8), 8),
+                "scale": _f32_list(p.scale)}
+    if op == "requantize":
+        d = {"bits": int(p.bits), "out_scale": _f32_list(p.out_scale), "dy": _dyadic(p.dy),
+             "dy_identity": _dyadic(p.dy_identity), "input_scale": _f32_list(in_scales[0]),
+             "rounding": "round half to even of q * m / 2^e, then saturate to bits"}
+        if len(in_scales) > 1:
+            d["identity_scale"] = _f32_list(in_scales[1])
+        return d
+    if op == "quant_linear":
+        return {"weight": w.param(spec.name, "weight", np.asarray(p.w, dtype=np.int8), 8),
+                "bias": w.param(spec.name, "bias", np.asarray(p.b, dtype=np.int64), 32),
+                "out_scale": _f32_list(p.out_scale)}
+    if op == "attention_scores":
+        return {"num_heads": None, "scale": _f32_list(p)}
+    if op in ("int_exp", "softmax_normalize"):
+        return {"x0_int": int(p.x0_int.reshape(-1)[0]), "x0_30": int(p.x0_30.reshape(-1)[0]),
+                "b_int": int(p.b_int.reshape(-1)[0]), "c_int": int(p.c_int.reshape(-1)[0]),
+                "exp_scale": _f32_list(p.exp_scale), "act_scale": _f32_list(p.act_scale),
+                "dy_exact": _dyadic(p.dy_exact), "dy_tf": _dyadic(p.dy_tf),
+                "act_bits": int(p.act_bits), "out_bits": int(p.out_bits)}
+    if op == "attention_context":
+        return {"num_heads": None, "scale": _f32_list(p)}
+    if op == "int_gelu":
+        return {"b_int": w.param(spec.name, "b_int", np.asarray(p.b_int, dtype=np.int64).reshape(-1), 64),
+                "c_int": w.param(spec.name, "c_int", np.asarray(p.c_int, dtype=np.int64).reshape(-1), 64),
+                "one": w.param(spec.name, "one", np.asarray(p.one, dtype=np.int64).reshape(-1), 64),
+                "out_scale": _f32_list(p.out_scale)}
+    if op == "int_layernorm":
+        return {"shift": int(p.shift),
+                "bias_int": w.param(spec.name, "bias_int", np.asarray(p.bias_int, dtype=np.int64).reshape(-1), 64),
+                "out_scale": _f32_list(p.out_scale)}
+    raise VectorsError(f"unknown op {op!r}")  # pragma: no cover
+
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_vectors(
+    model,
+    input_ids,
+    out,
+    *,
+    attention_mask=None,
+    token_type_ids=None,
+    param_hex: bool = True,
+    strict_widths: bool = False,
+    checkpoint_files: Sequence[str] = (),
+) -> dict:
+    """Run ``model`` (an :class:`~ibert_ref.model.IBertModel` on an integer datapath) once and
+    write the vectors of every op into ``out`` (see the module docstring). Each op is re-run
+    from its recorded inputs while writing and must reproduce the model's own output (a wiring
+    check). Returns the manifest (also written to ``manifest.json``).
+
+    An op whose values need more bits than its declared width (e.g. an IntLayerNorm output
+    above 2^31 on real weights) is written at the width it needs, with ``declared_bits`` in its
+    entry and a line in the manifest's ``warnings``; ``strict_widths=True`` raises instead."""
+    from .model import roberta_position_ids
+
+    dp = model.datapath
+    if np.issubdtype(np.dtype(dp.working_dtype), np.floating):
+        raise VectorsError(f"datapath {dp.name!r} holds floats between ops; vectors need an integer datapath "
+                           "(exact or a hardware profile)")
+    if getattr(model.compiled, "force_dequant", frozenset()):
+        raise VectorsError("force_dequant models run float ops; vectors cover the all-integer model only")
+    cfg = model.config
+    ids = np.asarray(input_ids, dtype=np.int64)
+    ids = ids[None, :] if ids.ndim == 1 else ids
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64).reshape(ids.shape)
+    tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64).reshape(ids.shape)
+    pos = roberta_position_ids(ids, cfg.get("pad_token_id", 1))
+    result = model(ids, attention_mask=mask, token_type_ids=tt, position_ids=pos, return_trace=True)
+
+    out = Path(out)
+    w = _Writer(out, param_hex, strict_widths)
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt, "position_ids": pos}
+    manifest_inputs = [w.tensor(n, v, INPUT_BITS) for n, v in inputs.items()]
+    values = dict(inputs)
+    scales: Dict[str, np.ndarray] = {}
+    num_heads = cfg["num_attention_heads"]
+    manifest_ops = []
+    for index, spec in enumerate(op_graph(cfg["num_hidden_layers"])):
+        params = _params_of(model.compiled, spec)
+        in_vals = [values[n] for n in spec.inputs]
+        in_scales = [scales.get(n, np.ones(1, F32)) for n in spec.inputs]
+        q, scale = _run(dp, spec, params, num_heads, in_vals, in_scales)
+        if spec.name in result.trace:
+            traced = np.asarray(result.trace[spec.name], dtype=np.int64)
+            if not np.array_equal(traced, q):
+                raise VectorsError(f"{spec.name}: re-running the op from its inputs does not reproduce the "
+                                   "model's trace (wiring error)")
+            bits = result.trace_meta[spec.name].bits
+            q = result.trace[spec.name]
+        else:
+            bits = spec.bits
+            q = q.astype(intops.smallest_int_dtype(int(q.min()), int(q.max())) if q.size else np.int64)
+        values[spec.name] = q
+        scales[spec.name] = scale
+        entry = w.tensor(spec.name, q, bits, scale)
+        entry.update({"index": index, "kind": spec.kind, "op": spec.op, "inputs": list(spec.inputs),
+                      "params": _describe_params(w, spec, params, in_scales)})
+        if spec.op in ("attention_scores", "attention_context"):
+            entry["params"]["num_heads"] = num_heads
+        manifest_ops.append(entry)
+
+    folder = getattr(model, "source", "") or ""
+    files = list(checkpoint_files)
+    if not files and folder and os.path.isdir(folder):
+        files = [str(Path(folder) / n) for n in ("config.json", "model.safetensors") if (Path(folder) / n).is_file()]
+    manifest = {
+        "format": "ibert-ref golden vectors",
+        "format_version": FORMAT_VERSION,
+        "datapath": dp.name,
+        "model": {
+            "source": folder,
+            "config": {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                           "intermediate_size", "vocab_size", "max_position_embeddings",
+                                           "type_vocab_size", "pad_token_id") if k in cfg},
+            "sha256": {Path(f).name: _sha256(f) for f in files},
+        },
+        "hex_format": "$readmemh: one element per line, row-major (C order), two's complement at 'bits', "
+                      "ceil(bits/4) lowercase hex digits",
+        "npz": NPZ_NAME,
+        "warnings": w.warnings,
+        "inputs": manifest_inputs,
+        "ops": manifest_ops,
+    }
+    np.savez(out / NPZ_NAME, **w.arrays)
+    with open(out / MANIFEST_NAME, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------
+# Reading back and re-running
+def load_vectors(folder):
+    """``(manifest, arrays)``: the manifest dict and every array of ``vectors.npz``."""
+    folder = Path(folder)
+    with open(folder / MANIFEST_NAME, encoding="utf-8") as f:
+        manifest = json.load(f)
+    with np.load(folder / manifest.get("npz", NPZ_NAME), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return manifest, arrays
+
+
+def _dy(d) -> Optional[Dyadic]:
+    if d is None:
+        return None
+    return Dyadic(m=np.asarray(d["m"], dtype=np.int64), e=np.asarray(d["e"], dtype=np.int64))
+
+
+def params_from_manifest(entry: dict, arrays: Dict[str, np.ndarray], dp):
+    """Rebuild the kernel parameters of one op from its manifest entry and the arrays."""
+    p = entry["params"]
+
+    def arr(ref, dtype=np.int64):
+        return np.asarray(arrays[ref["npz_key"]], dtype=dtype)
+
+    def f32(v):
+        return np.asarray(v, dtype=F32)
+
+    op = entry["op"]
+    if op == "quant_embedding":
+        return K.EmbeddingParams(w=dp.weights(arr(p["table"], F32)), scale=f32(p["scale"]))
+    if op == "requantize":
+        return K.RequantParams(bits=p["bits"], out_scale=f32(p["out_scale"]), dy=_dy(p["dy"]),
+                               dy_identity=_dy(p["dy_identity"]))
+    if op == "quant_linear":
+        return K.LinearParams(w=dp.weights(arr(p["weight"], F32)), b=dp.const(arr(p["bias"], F32)),
+                              out_scale=f32(p["out_scale"]))
+    if op in ("attention_scores", "attention_context"):
+        return f32(p["scale"])
+    if op in ("int_exp", "softmax_normalize"):
+        one = np.ones(1, dtype=np.int64)
+        return K.SoftmaxParams(x0_int=dp.const(p["x0_int"] * one), x0_30=dp.const(p["x0_30"] * one),
+                               b_int=dp.const(p["b_int"] * one), c_int=dp.const(p["c_int"] * one),
+                               exp_scale=f32(p["exp_scale"]), act_scale=f32(p["act_scale"]),
+                               dy_tf=_dy(p["dy_tf"]), dy_exact=_dy(p["dy_exact"]),
+                               act_bits=p["act_bits"], out_bits=p["out_bits"])
+    if op == "int_gelu":
+        return K.GeluParams(b_int=dp.const(arr(p["b_int"])), c_int=dp.const(arr(p["c_int"])),
+                            one=dp.const(arr(p["one"])), out_scale=f32(p["out_scale"]))
+    if op == "int_layernorm":
+        return K.LayerNormParams(shift=p["shift"], bias_int=dp.const(arr(p["bias_int"])),
+                                 out_scale=f32(p["out_scale"]))
+    raise VectorsError(f"unknown op {op!r}")
+
+
+def rerun_op(entry: dict, arrays: Dict[str, np.ndarray], manifest: dict, dp=None) -> np.ndarray:
+    """Re-run one op of a vectors folder from the files alone; returns its output integers.
+
+    The inputs are the arrays named in ``entry["inputs"]``, their scales come from their own
+    manifest entries, the constants from ``entry["params"]``; the kernel is the same
+    :mod:`ibert_ref.kernels` function the model uses, on the manifest's datapath.
+    """
+    from .datapath import make_datapath
+
+    dp = dp or make_datapath(manifest["datapath"])
+    by_name = {e["name"]: e for e in manifest["inputs"] + manifest["ops"]}
+    inputs = [arrays[by_name[n]["npz_key"]] for n in entry["inputs"]]
+    scales = [np.asarray(by_name[n].get("scale", [1.0]), dtype=F32) for n in entry["inputs"]]
+    spec = OpSpec(entry["name"], entry["kind"], entry["op"], tuple(entry["inputs"]), None)
+    heads = entry["params"].get("num_heads") or manifest["model"]["config"]["num_attention_heads"]
+    q, _ = _run(dp, spec, params_from_manifest(entry, arrays, dp), heads, inputs, scales)
+    return q

@@ -1,0 +1,263 @@
+"""NumPy calibration: transformers' train-mode semantics, checked against transformers itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ibert_ref import IBertModel
+from ibert_ref.calibrate import (
+    CalibrationError,
+    Calibrator,
+    RangeTracker,
+    _new_shift_exact,
+    calibrate_checkpoint,
+    layernorm_train_shift,
+    make_batches,
+    read_texts,
+)
+from ibert_ref.cli import main
+from ibert_ref.data import default_model_path
+from ibert_ref.datapath import make_datapath
+from ibert_ref.loading import load_checkpoint
+from ibert_ref.tokenizer import Tokenizer
+
+F32 = np.float32
+CALIB_TEXTS = [
+    "The capital of France is Paris.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "Could you pass me the salt, please?",
+    "The compiler reported an error on line forty-two.",
+    "Snow fell quietly over the village.",
+    "Why is the sky blue?",
+    "The orchestra tuned their instruments before the concert, and the audience slowly fell silent.",
+    "Three plus four equals seven.",
+    "A transformer uses attention to mix information between tokens.",
+    "Penguins cannot fly, but they are excellent swimmers.",
+    "Room 404 is at the end of the corridor.",
+    "She painted the fence a bright shade of green.",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# QuantAct range semantics (quant_modules.QuantAct.forward in train mode)
+def test_first_update_initialises_from_the_initial_buffers():
+    t = RangeTracker()
+    t.update("a", np.array([[-2.0, 0.5], [3.0, 1.0]], dtype=F32))
+    assert t.x_min["a"][0] == F32(-1e-5) + F32(-2.0)
+    assert t.x_max["a"][0] == F32(1e-5) + F32(3.0)
+
+
+def test_later_updates_are_a_float32_ema_with_momentum_0_95():
+    t = RangeTracker()
+    t.update("a", np.array([-2.0, 3.0], dtype=F32))
+    lo, hi = t.x_min["a"][0], t.x_max["a"][0]
+    t.update("a", np.array([-1.0, 7.0], dtype=F32))
+    assert t.x_min["a"][0] == lo * F32(0.95) + F32(-1.0) * F32(1 - 0.95)
+    assert t.x_max["a"][0] == hi * F32(0.95) + F32(7.0) * F32(1 - 0.95)
+    assert t.x_min["a"].dtype == F32 and t.updates["a"] == 2
+
+
+def test_momentum_minus_one_keeps_running_min_max():
+    t = RangeTracker(momentum=-1)
+    for v in ([-2.0, 3.0], [-1.0, 7.0], [-5.0, 1.0]):
+        t.update("a", np.array(v, dtype=F32))
+    assert t.x_min["a"][0] == F32(-5.0)
+    assert t.x_max["a"][0] == F32(7.0)
+
+
+def test_a_range_still_within_1e_5_is_initialised_again():
+    t = RangeTracker()
+    t.update("a", np.zeros(4, dtype=F32))  # stays at -1e-5 / 1e-5: "not initialised" for transformers
+    t.update("a", np.array([-1.0, 2.0], dtype=F32))
+    assert t.x_max["a"][0] == F32(1e-5) + F32(2.0)
+
+
+def test_the_forward_uses_the_updated_range():
+    t = RangeTracker()
+    scale = t.observe("a", np.array([-1.0, 127.0], dtype=F32), 8)
+    assert scale[0] == (F32(1e-5) + F32(127.0)) / F32(127)
+
+
+def test_nan_activation_is_refused():
+    with pytest.raises(CalibrationError, match="NaN"):
+        RangeTracker().update("a", np.array([1.0, np.nan], dtype=F32))
+
+
+# ---------------------------------------------------------------------------------------
+# IntLayerNorm shift (train mode)
+@pytest.mark.parametrize("v", [2**32, 2**32 + 1, 4 * 2**32 - 1, 4 * 2**32, 4 * 2**32 + 1, 3 * 10**12, 2**50])
+def test_exact_new_shift_is_ceil_log2_sqrt_v_over_2_32(v):
+    k = _new_shift_exact(v)
+    assert 4 ** (k + 16) >= v and (k == 0 or 4 ** (k + 15) < v)
+
+
+@pytest.mark.parametrize("datapath", ["exact", "transformers"])
+def test_layernorm_shift_grows_until_the_variance_fits_32_bits(datapath):
+    dp = make_datapath(datapath)
+    rng = np.random.default_rng(0)
+    q = rng.integers(-(2**21), 2**21, size=(2, 3, 64))  # 22-bit inputs: variance ~ 2^47
+    scale = np.ones(1, dtype=F32)
+    x = dp.emit(q, scale)
+    shift = layernorm_train_shift(dp, x, 0)
+    y = q - np.rint(q.mean(axis=-1, keepdims=True))
+    var = lambda k: (np.floor(y / 2.0**k) ** 2).sum(axis=-1)  # noqa: E731
+    assert var(shift).max() < 2**32 <= var(shift - 1).max()
+    assert layernorm_train_shift(dp, x, shift + 3) == shift + 3  # it never shrinks
+    small = dp.emit(rng.integers(-100, 100, size=(1, 2, 64)), scale)
+    assert layernorm_train_shift(dp, small, 0) == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Whole-model calibration
+@pytest.fixture(scope="module")
+def batches():
+    tok = Tokenizer.from_pretrained()
+    return make_batches(tok, CALIB_TEXTS, batch_size=4)
+
+
+def test_batches_are_padded_and_in_order(batches):
+    assert len(batches) == 3 and all(ids.shape == mask.shape for ids, mask in batches)
+    assert any(mask.min() == 0 for _, mask in batches)
+
+
+def test_calibrated_folder_loads_in_ibert_ref_and_runs(tmp_path, batches):
+    result = calibrate_checkpoint(default_model_path(), batches=batches, out=tmp_path / "c", progress=False)
+    assert result.batches == 3 and result.tokens == sum(int(m.sum()) for _, m in batches)
+    model = IBertModel.from_pretrained(tmp_path / "c")
+    out = model(batches[0][0], attention_mask=batches[0][1])
+    assert np.isfinite(out.last_hidden_state).all()
+    ckpt = load_checkpoint(tmp_path / "c")
+    assert ckpt.config["quant_mode"] is True
+    # dead QuantActs keep transformers' initial values
+    np.testing.assert_array_equal(ckpt.tensor("embeddings.embeddings_act2.x_min"), np.array([-1e-5], F32))
+
+
+def test_calibration_is_deterministic_and_independent_of_the_starting_ranges(batches):
+    ckpt = load_checkpoint(default_model_path())  # a calibrated checkpoint: reset=True ignores its ranges
+    a, b = Calibrator(ckpt), Calibrator(ckpt)
+    for ids, mask in batches:
+        a.step(ids, mask)
+        b.step(ids, mask)
+    assert a.ranges() == b.ranges() and a.tracker.shifts == b.tracker.shifts
+    c = Calibrator(ckpt, reset=False)
+    c.step(*batches[0])
+    assert c.ranges() != a.ranges()  # continues the EMA from the stored ranges instead
+
+
+def test_calibrate_refuses_force_dequant(tmp_path):
+    ckpt = load_checkpoint(default_model_path())
+    ckpt.config["force_dequant"] = "gelu"
+    with pytest.raises(CalibrationError, match="force_dequant"):
+        Calibrator(ckpt)
+
+
+def test_cli_calibrate(tmp_path, capsys):
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n".join(CALIB_TEXTS[:5]) + "\n\n")
+    assert read_texts(texts) == CALIB_TEXTS[:5]
+    assert main(["calibrate", "--texts", str(texts), "--out", str(tmp_path / "o"), "--batch-size", "2",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 3 batches" in out and "encoder.layer.0.attention.self.softmax.act" in out
+    assert (tmp_path / "o" / "tokenizer.json").is_file()
+    (tmp_path / "empty.txt").write_text("\n")
+    assert main(["calibrate", "--texts", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "x")]) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Against transformers' own train-mode calibration (the oracle)
+def _transformers_calibrated(folder, batches):
+    torch = pytest.importorskip("torch")
+    from transformers.models.ibert.quant_modules import IntLayerNorm, QuantAct
+
+    from ibert_ref.oracle.capture import load_transformers_ibert
+
+    model = load_transformers_ibert(folder)
+    for m in model.modules():
+        if isinstance(m, QuantAct):  # back to transformers' initial, uncalibrated buffers
+            m.x_min.fill_(-1e-5)
+            m.x_max.fill_(1e-5)
+        elif isinstance(m, IntLayerNorm):
+            m.shift.fill_(0)
+        elif isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    model.train()
+    with torch.no_grad():
+        for ids, mask in batches:
+            model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+    model.eval()
+    ranges = {n: (float(m.x_min.item()), float(m.x_max.item())) for n, m in model.named_modules()
+              if isinstance(m, QuantAct)}
+    shifts = {n: int(m.shift.item()) for n, m in model.named_modules() if isinstance(m, IntLayerNorm)}
+    return model, ranges, shifts
+
+
+@pytest.fixture(scope="module")
+def transformers_ranges(batches):
+    pytest.importorskip("transformers")
+    _, ranges, shifts = _transformers_calibrated(default_model_path(), batches)
+    return ranges, shifts
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("gemm", ["torch", "numpy"])
+def test_ranges_and_shifts_equal_transformers_train_mode(batches, transformers_ranges, gemm):
+    ranges, shifts = transformers_ranges
+    cal = Calibrator(load_checkpoint(default_model_path()), gemm=gemm)
+    for ids, mask in batches:
+        cal.step(ids, mask)
+    ours = cal.ranges()
+    assert set(ours) == {n for n in ranges if not n.endswith(("embeddings_act2", "LayerNorm.activation"))}
+    # bit-identical on the bundled model (with NumPy's GEMM too: no summation-order flip on these inputs)
+    assert {n: ranges[n] for n in ours} == ours
+    assert shifts == cal.tracker.shifts
+    assert max(shifts.values()) > 0  # the shift guard did fire
+
+
+@pytest.mark.oracle
+def test_written_checkpoint_is_what_transformers_computes(tmp_path, batches):
+    """transformers loads the folder with no missing/unexpected key and, in eval, reproduces our
+    derived buffers and the transformers datapath bit for bit."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import transformers
+
+    calibrate_checkpoint(default_model_path(), batches=batches, out=tmp_path / "c", progress=False, gemm="torch")
+    tm, info = transformers.IBertModel.from_pretrained(tmp_path / "c", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    tm.eval()
+    ids, mask = batches[1]
+    with torch.no_grad():
+        hf = tm(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+    ours = IBertModel.from_pretrained(tmp_path / "c", datapath="transformers", gemm="torch")
+    np.testing.assert_array_equal(ours(ids, attention_mask=mask).last_hidden_state, hf)
+    ckpt = load_checkpoint(tmp_path / "c")
+    state = {k: v.numpy() for k, v in tm.state_dict().items()}
+    for key in ("weight_integer", "fc_scaling_factor", "bias_integer", "weight_scaling_factor", "act_scaling_factor"):
+        keys = [k for k in state if k.endswith(key) and "embeddings_act2" not in k and "LayerNorm.activation" not in k]
+        assert keys, key
+        for k in keys:
+            np.testing.assert_array_equal(ckpt.tensor(k), state[k], err_msg=k)
+
+
+def test_a_task_checkpoint_keeps_its_prefix_and_head(tmp_path, batches):
+    """An ``ibert.``-prefixed task checkpoint (float weights only, like kssteven/ibert-roberta-base)."""
+    from ibert_ref.convert import write_checkpoint
+
+    ckpt = load_checkpoint(default_model_path())
+    floats = {"ibert." + k: v for k, v in ckpt.tensors.items()
+              if k.endswith((".weight", ".bias")) and not k.startswith("pooler.")}
+    floats["classifier.dense.weight"] = np.ones((64, 64), F32)
+    config = dict(ckpt.config, quant_mode=False, architectures=["IBertForSequenceClassification"])
+    write_checkpoint(tmp_path / "task", config, floats, tokenizer_from=default_model_path())
+    result = calibrate_checkpoint(tmp_path / "task", batches=batches, out=tmp_path / "out", progress=False)
+    out = load_checkpoint(tmp_path / "out")
+    assert out.config["quant_mode"] is True
+    np.testing.assert_array_equal(out.tensors["classifier.dense.weight"], floats["classifier.dense.weight"])
+    assert "ibert.encoder.layer.0.output.LayerNorm.shift" in out.tensors
+    assert not any(k.startswith(("embeddings.", "encoder.")) for k in out.tensors)
+    same = Calibrator(ckpt)
+    for ids, mask in batches:
+        same.step(ids, mask)
+    assert result.ranges == same.ranges()  # the prefix changes nothing in the numbers
