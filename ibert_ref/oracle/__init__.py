@@ -9,6 +9,10 @@ torch; the submodules do:
 * :mod:`ibert_ref.oracle.capture` -- forward hooks on every quantized module of a transformers
   I-BERT, recording the integers each one produces (``capture_transformers_trace``,
   ``load_transformers_ibert``).
+* :mod:`ibert_ref.oracle.replay` -- op-by-op replay: each of our kernels fed the inputs
+  transformers gave the module of the same name (``replay_capture``).
+* :mod:`ibert_ref.oracle.verify` -- ``ibert-ref verify``: replay and end-to-end comparison with
+  every difference classified by checking its cause.
 """
 
-__all__ = ["builders", "capture"]
+__all__ = ["builders", "capture", "replay", "verify"]
