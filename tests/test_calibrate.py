@@ -261,3 +261,156 @@ def test_a_task_checkpoint_keeps_its_prefix_and_head(tmp_path, batches):
     for ids, mask in batches:
         same.step(ids, mask)
     assert result.ranges == same.ranges()  # the prefix changes nothing in the numbers
+
+
+# ---------------------------------------------------------------------------------------
+# Range selection (--range minmax | percentile | mse): same format, better-chosen clips
+def _fake_quant_mse(x, x_min, x_max, bits=8):
+    """Independent re-statement: QuantAct scale max(|x_min|, |x_max|) / (2^(b-1) - 1), output
+    clamp [-2^(b-1), 2^(b-1) - 1], round half to even; MSE against x (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    s = max(abs(float(x_min)), abs(float(x_max))) / (2 ** (bits - 1) - 1)
+    q = np.clip(np.round(x / s), -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return float(np.mean((x - q * s) ** 2))
+
+
+def _heavy_tailed(seed=0, n=20000):
+    """Student-t (3 degrees of freedom): a heavy tail, where clipping the largest values pays."""
+    return np.random.default_rng(seed).standard_t(3, n).astype(F32)
+
+
+def test_mse_clip_is_as_good_as_a_brute_force_search_and_clips_the_tail():
+    from ibert_ref.calibrate import mse_optimal_clip
+
+    x = _heavy_tailed()
+    amax = float(np.abs(x).max())
+    c = mse_optimal_clip(x, 8)
+    brute = min(_fake_quant_mse(x, -t, t) for t in np.linspace(amax / 256, amax, 4000))
+    assert _fake_quant_mse(x, -c, c) <= brute * 1.002
+    assert c < amax and _fake_quant_mse(x, -c, c) < 0.95 * _fake_quant_mse(x, -amax, amax)
+    # 4-bit: far fewer levels, so the optimum clips much harder
+    c4 = mse_optimal_clip(x, 4)
+    assert c4 < 0.5 * amax
+    assert _fake_quant_mse(x, -c4, c4, bits=4) <= 1.002 * min(
+        _fake_quant_mse(x, -t, t, bits=4) for t in np.linspace(amax / 256, amax, 4000))
+    # uniform data: clipping gains nothing, the search keeps (nearly) the full range
+    u = np.linspace(-1, 1, 4001, dtype=F32)
+    assert mse_optimal_clip(u, 8) > 0.97
+
+
+def test_mse_clip_on_a_large_array_is_never_worse_than_min_max():
+    from ibert_ref.calibrate import mse_optimal_clip
+
+    x = _heavy_tailed(seed=1, n=50000)
+    c = mse_optimal_clip(x, 8, samples=1000)  # candidates scored on a 1000-value sample
+    amax = float(np.abs(x).max())
+    assert _fake_quant_mse(x, -c, c) <= _fake_quant_mse(x, -amax, amax)
+
+
+def test_select_range_per_method():
+    from ibert_ref.calibrate import select_range
+
+    x = _heavy_tailed(seed=2)
+    (lo, hi), info = select_range(x, 8, "minmax")
+    assert (lo[0], hi[0]) == (x.min(), x.max()) and info.clip == max(-x.min(), x.max())
+    (lo, hi), info = select_range(x, 8, "percentile", percentile=99.0)
+    assert info.clip == F32(np.percentile(np.abs(x.astype(np.float64)), 99.0))
+    assert max(abs(lo[0]), abs(hi[0])) == F32(info.clip) and lo[0] >= x.min() and hi[0] <= x.max()
+    (lo, hi), info = select_range(x, 8, "mse")
+    assert max(abs(lo[0]), abs(hi[0])) == F32(info.clip) and info.mse <= info.mse_minmax
+    with pytest.raises(ValueError, match="unknown range method"):
+        select_range(x, 8, "kl")
+    with pytest.raises(CalibrationError, match="NaN"):
+        select_range(np.array([1.0, np.nan]), 8, "mse")
+
+
+def test_join_batches_pads_and_stacks():
+    from ibert_ref.calibrate import join_batches
+
+    a = (np.array([[5, 6, 7]]), np.array([[1, 1, 1]]))
+    b = (np.array([[8, 9], [4, 0]]), np.array([[1, 1], [1, 0]]))
+    ids, mask = join_batches([a, b], pad_token_id=0)
+    np.testing.assert_array_equal(ids, [[5, 6, 7], [8, 9, 0], [4, 0, 0]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [1, 1, 0], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("method", ["mse", "percentile", "minmax"])
+def test_search_never_has_larger_per_op_mse_than_min_max(batches, method):
+    """Sequential search on the bundled model: each 8-bit QuantAct's chosen range quantizes the
+    real-token values it observed (upstream already quantized) with no larger MSE than their
+    min/max would (mse, minmax); every 8-bit QuantAct is searched once, in forward order."""
+    from ibert_ref.calibrate import join_batches
+
+    cal = Calibrator(load_checkpoint(default_model_path()), range_method=method, percentile=99.9)
+    seen = {}
+    cal.on_observe = lambda name, values: seen.setdefault(name, values.copy())
+    ids, mask = join_batches(batches, 1)
+    cal.step(ids, mask)
+    n_layers = cal.config["num_hidden_layers"]
+    assert len(seen) == 1 + 9 * n_layers and list(seen)[0] == "embeddings.output_activation"
+    assert all(v.size % int(mask.sum()) == 0 for v in seen.values())  # real tokens only
+    ranges = cal.ranges()
+    gains = []
+    for name, values in seen.items():
+        lo, hi = ranges[name]
+        chosen = _fake_quant_mse(values, lo, hi)
+        minmax = _fake_quant_mse(values, values.min(), values.max())
+        if method != "percentile":
+            assert chosen <= minmax * (1 + 1e-9), name
+        gains.append((minmax, chosen))
+    if method == "minmax":
+        assert all(m == c for m, c in gains)
+    else:
+        assert any(m > 1.05 * c for m, c in gains)  # some range is clipped, to its benefit
+    assert set(cal.clip_report) == set(seen)
+    with pytest.raises(CalibrationError, match="exactly one batch"):
+        cal.step(ids, mask)
+
+
+def test_search_checkpoint_loads_and_runs(tmp_path, batches):
+    result = calibrate_checkpoint(default_model_path(), batches=batches, out=tmp_path / "m", progress=False,
+                                  range_method="mse")
+    assert result.batches == 1 and result.tokens == sum(int(m.sum()) for _, m in batches)
+    assert result.range_method == "mse" and len(result.clip_report) == 37
+    model = IBertModel.from_pretrained(tmp_path / "m", datapath="exact")
+    assert np.isfinite(model(batches[0][0], attention_mask=batches[0][1]).last_hidden_state).all()
+    with pytest.raises(ValueError, match="range_method"):
+        Calibrator(load_checkpoint(default_model_path()), range_method="kl")
+    with pytest.raises(ValueError, match="cannot continue"):
+        Calibrator(load_checkpoint(default_model_path()), range_method="mse", reset=False)
+
+
+@pytest.mark.oracle
+def test_search_checkpoint_runs_bit_exact_in_transformers(tmp_path, batches):
+    """The format is unchanged: transformers loads an mse-calibrated folder with no missing or
+    unexpected key and reproduces ibert-ref's transformers datapath bit for bit."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    calibrate_checkpoint(default_model_path(), batches=batches, out=tmp_path / "m", progress=False,
+                         range_method="mse", gemm="torch")
+    tm, info = transformers.IBertModel.from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids, mask = batches[2]
+    with torch.no_grad():
+        hf = tm.eval()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+    ours = IBertModel.from_pretrained(tmp_path / "m", datapath="transformers", gemm="torch")
+    np.testing.assert_array_equal(ours(ids, attention_mask=mask).last_hidden_state, hf.numpy())
+
+
+def test_cli_calibrate_and_convert_with_range_search(tmp_path, capsys):
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n".join(CALIB_TEXTS) + "\n")
+    assert main(["calibrate", "--texts", str(texts), "--out", str(tmp_path / "o"), "--range", "percentile",
+                 "--percentile", "99.9", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 1 batches" in out and "range percentile" in out and "8-bit ranges clipped" in out
+    IBertModel.from_pretrained(tmp_path / "o")
+    pytest.importorskip("transformers")
+    from test_convert import SENTENCES, _bert_like
+
+    _bert_like(tmp_path / "src", "bert", 0)
+    texts.write_text("\n".join(SENTENCES))
+    assert main(["convert", "--model", str(tmp_path / "src"), "--out", str(tmp_path / "conv"), "--texts", str(texts),
+                 "--range", "mse", "--no-progress"]) == 0
+    assert "range mse" in capsys.readouterr().out
+    IBertModel.from_pretrained(tmp_path / "conv")

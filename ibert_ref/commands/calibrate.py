@@ -16,7 +16,14 @@ def add_calibration_options(p: argparse.ArgumentParser) -> None:
                    help="float32 GEMM order of the transformers-datapath forward; torch (verify extra) gives "
                    "ranges bit-identical to transformers' own calibration")
     p.add_argument("--momentum", type=float, default=0.95,
-                   help="QuantAct EMA momentum (transformers' default 0.95; -1 keeps running min/max)")
+                   help="QuantAct EMA momentum (transformers' default 0.95; -1 keeps running min/max); --range ema only")
+    p.add_argument("--range", dest="range_method", default="ema", choices=("ema", "minmax", "percentile", "mse"),
+                   help="how each 8-bit QuantAct range is chosen. ema: transformers' train-mode semantics, batch by "
+                   "batch. minmax / percentile / mse: all texts run as ONE padded batch and each range is chosen in "
+                   "forward order on the real tokens, upstream already quantized: min/max, a percentile of |x| "
+                   "(--percentile), or the clip minimising the quantization MSE. Same checkpoint format either way")
+    p.add_argument("--percentile", type=float, default=99.99,
+                   help="percentile of |x| used as the clip by --range percentile")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -41,7 +48,11 @@ def add_parser(sub) -> None:
 
 
 def print_result(result) -> None:
-    print(f"calibrated on {result.batches} batches, {result.tokens} real tokens (datapath {result.datapath})")
+    print(f"calibrated on {result.batches} batches, {result.tokens} real tokens (datapath {result.datapath}, "
+          f"range {result.range_method})")
+    if result.clip_report:
+        clipped = [(n, c) for n, c in result.clip_report.items() if c.clip < max(abs(c.lo), abs(c.hi))]
+        print(f"{len(clipped)}/{len(result.clip_report)} 8-bit ranges clipped below max|x|")
     print(f"{'QuantAct':58s} {'x_min':>14s} {'x_max':>14s}")
     for name, (lo, hi) in result.ranges.items():
         print(f"{name:58s} {lo:14.6g} {hi:14.6g}")
@@ -64,6 +75,8 @@ def run_calibrate(args) -> int:
         gemm=args.gemm,
         momentum=args.momentum,
         reset=not args.keep,
+        range_method=args.range_method,
+        percentile=args.percentile,
         progress=not args.no_progress,
     )
     print_result(result)

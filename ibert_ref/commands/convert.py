@@ -29,14 +29,15 @@ def add_parser(sub) -> None:
 
 
 def run_convert(args) -> int:
-    from ..calibrate import read_texts
+    from ..calibrate import calibrate_checkpoint, read_texts
     from ..convert import convert_checkpoint
 
     texts = read_texts(args.texts) if args.texts else None
+    search = args.range_method != "ema"
     conv, result = convert_checkpoint(
         args.model,
         args.out,
-        texts=texts,
+        texts=None if search else texts,
         batch_size=args.batch_size,
         max_length=args.max_length,
         datapath=args.calib_datapath,
@@ -47,6 +48,19 @@ def run_convert(args) -> int:
         cache_dir=args.cache_dir,
         local_files_only=args.local_files_only,
     )
+    if search and texts is not None:  # convert_checkpoint calibrates with the EMA only: calibrate in place
+        result = calibrate_checkpoint(
+            args.out,
+            texts=texts,
+            out=args.out,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            datapath=args.calib_datapath,
+            gemm=args.gemm,
+            range_method=args.range_method,
+            percentile=args.percentile,
+            progress=not args.no_progress,
+        )
     print(f"converted {conv.source_type} -> ibert: {len(conv.tensors)} tensors in {args.out}")
     for note in conv.notes:
         print(f"  {note}")
