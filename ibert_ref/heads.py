@@ -304,7 +304,42 @@ def _int_labels(name, labels, shape=None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-class IBertForMaskedLM(IBertPreTrainedHead):
+class _PerTokenLabelsHead(IBertPreTrainedHead):
+    """Heads whose ``labels`` are one class per token (B, T), -100 ignored: cross-entropy
+    over the flattened logits (masked LM, token classification)."""
+
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        inputs_embeds=None,
+        head_mask=None,
+        labels=None,
+        output_attentions=False,
+        output_hidden_states=False,
+        return_dict=True,
+        return_trace=False,
+    ):
+        enc = self._encode(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, head_mask,
+            _forward_flags(output_attentions, output_hidden_states, return_trace),
+        )
+        logits, q, scale = self._logits(enc)
+        loss = None
+        if labels is not None:
+            v = logits.shape[-1]
+            labels = _int_labels("labels", labels, logits.shape[:-1])
+            loss = self.float_ops.cross_entropy(logits.reshape(-1, v), labels.reshape(-1))
+        return self._finish(enc, return_dict, loss=loss, logits=logits, logits_int=q, logits_scale=scale)
+
+    forward = __call__
+
+
+# ---------------------------------------------------------------------------------------
+class IBertForMaskedLM(_PerTokenLabelsHead):
     """``lm_head``: dense -> erf GELU -> LayerNorm(eps) -> decoder (tied to the float
     word-embedding table) + ``lm_head.bias``. ``labels`` (B, T) with -100 ignored ->
     cross-entropy ``loss``."""
@@ -355,34 +390,6 @@ class IBertForMaskedLM(IBertPreTrainedHead):
     def _integer_head_qtensor(self, enc):
         return self.integer_head(enc.last_hidden_state_int, enc.last_hidden_state_scale)
 
-    def __call__(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        *,
-        inputs_embeds=None,
-        head_mask=None,
-        labels=None,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
-        return_trace=False,
-    ):
-        enc = self._encode(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, head_mask,
-            _forward_flags(output_attentions, output_hidden_states, return_trace),
-        )
-        logits, q, scale = self._logits(enc)
-        loss = None
-        if labels is not None:
-            v = logits.shape[-1]
-            labels = _int_labels("labels", labels, logits.shape[:-1])
-            loss = self.float_ops.cross_entropy(logits.reshape(-1, v), labels.reshape(-1))
-        return self._finish(enc, return_dict, loss=loss, logits=logits, logits_int=q, logits_scale=scale)
-
-    forward = __call__
 
 
 # ---------------------------------------------------------------------------------------
@@ -571,7 +578,7 @@ class IBertForMultipleChoice(IBertPreTrainedHead):
 
 
 # ---------------------------------------------------------------------------------------
-class IBertForTokenClassification(IBertPreTrainedHead):
+class IBertForTokenClassification(_PerTokenLabelsHead):
     """``classifier`` (H -> num_labels) on every token. ``labels`` (B, T), -100 ignored."""
 
     output_class = TokenClassifierOutput
@@ -595,34 +602,6 @@ class IBertForTokenClassification(IBertPreTrainedHead):
     def _integer_head_qtensor(self, enc):
         return self.integer_head(enc.last_hidden_state_int, enc.last_hidden_state_scale)
 
-    def __call__(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        *,
-        inputs_embeds=None,
-        head_mask=None,
-        labels=None,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
-        return_trace=False,
-    ):
-        enc = self._encode(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, head_mask,
-            _forward_flags(output_attentions, output_hidden_states, return_trace),
-        )
-        logits, q, scale = self._logits(enc)
-        loss = None
-        if labels is not None:
-            n = logits.shape[-1]
-            labels = _int_labels("labels", labels, logits.shape[:-1])
-            loss = self.float_ops.cross_entropy(logits.reshape(-1, n), labels.reshape(-1))
-        return self._finish(enc, return_dict, loss=loss, logits=logits, logits_int=q, logits_scale=scale)
-
-    forward = __call__
 
 
 # ---------------------------------------------------------------------------------------
