@@ -308,12 +308,20 @@ class ExactDatapath(Datapath):
     """Exact integers (int64 arrays), true scales.
 
     ``fast=True`` (default) and ``fast=False`` compute the same integers, op for op
-    (tests/test_fast_path.py): the reference path uses the plainest exact code (int64
-    GEMMs, the two-limb :func:`~ibert_ref.intops.mul_shift_round`, a 31-step integer
-    square root); the fast path runs GEMMs on float BLAS while every partial sum is an
-    exactly representable integer (:func:`~ibert_ref.intops.matmul_exact`), requantizes
-    with single int64 products where they fit (:func:`~ibert_ref.intops.mul_shift_round_fast`)
-    and skips square-root steps no input needs. Weights stay resident as int8.
+    (tests/test_fast_path.py). The reference path is the plainest exact code: int64 GEMMs
+    (:func:`~ibert_ref.intops.matmul_exact_reference`), the two-limb
+    :func:`~ibert_ref.intops.mul_shift_round`, the 31-step restoring square root. The fast
+    path picks cheaper kernels from the operands' actual ranges, checked at every call:
+
+    * GEMMs on float32 BLAS while every partial sum is an integer below 2^24 (K-chunks of
+      1024 for int8 x int8, accumulated in float64), :func:`~ibert_ref.intops.matmul_exact`;
+    * requantization in float64 when ``z * m`` is exact there, with an exact repair of
+      near-ties when it is not, else single int64 products
+      (:func:`~ibert_ref.intops.mul_shift_round_fast`); the softmax exponent shift through a
+      table over its 31 possible values;
+    * a float square root corrected by one exact integer step.
+
+    Weights stay resident as int8 (converted to float32 per GEMM, never cached).
     """
 
     name = "exact"
@@ -402,11 +410,11 @@ class ExactDatapath(Datapath):
     def exp_requantize(self, z, q, exp_scale_f32, dy_tf, dy_exact, bits):
         # exp_int = z * 2^(30 - q) (up to ~2^70) is never materialised: the left shift is
         # folded into the requantization shift, e16 = rne(z * m / 2^(e - (30 - q))).
-        z = np.maximum(z, 0)
         if self.fast:
             e16 = self._exp_requantize_f64(z, q, dy_exact, bits)
             if e16 is not None:
                 return e16
+        z = np.maximum(z, 0)
         shift = dy_exact.e - (30 - q)
         if np.any(shift < 0):
             raise OverflowError("softmax exp requantization shift went negative")
@@ -415,29 +423,36 @@ class ExactDatapath(Datapath):
 
     @staticmethod
     def _exp_requantize_f64(z, q, dy, bits):
-        """``clamp(rint(z * d[q]))`` with ``d[q] = m * 2^-(e - 30 + q)`` from a table over q's range.
+        """``clamp(rint(max(z, 0) * d[q]))``, ``d[q] = m * 2^-(e - 30 + q)`` from a table over q's range.
 
-        Same integers as ``clamp(mul_shift_round(z, m, e - 30 + q))`` when
-        ``max z * |m| < 2^53`` (float64 tier 0 of :func:`~ibert_ref.intops.mul_shift_round_fast`:
-        every table entry and every product is exact); None when it does not apply.
+        Same integers as the reference when ``max z * |m| < 2^53`` and the result stays below
+        2^51 (tier 0 of :func:`~ibert_ref.intops.mul_shift_round_fast`: every table entry and
+        every product is exact); None when that does not hold. Runs block by block.
         """
+        z, q = np.asarray(z), np.asarray(q)
         m, e = np.asarray(dy.m), np.asarray(dy.e)
-        if m.size != 1 or e.size != 1 or z.size == 0:
+        if m.size != 1 or e.size != 1 or z.size == 0 or z.shape != q.shape:
             return None
         q_lo, q_hi = int(q.min()), int(q.max())
         shift_lo = int(e.reshape(-1)[0]) - 30 + q_lo
         if shift_lo < 0:
             raise OverflowError("softmax exp requantization shift went negative")
         m_int = int(m.reshape(-1)[0])
-        if max(int(z.max()), 0) * abs(m_int) >= intops.F64_EXACT_INT or q_hi - q_lo > 256 or shift_lo + q_hi - q_lo > 1000:
+        product = max(int(z.max()), 0) * abs(m_int)
+        if product >= intops.F64_EXACT_INT or product >= intops.ROUND_MAGIC_LIMIT << shift_lo:
+            return None
+        if q_hi - q_lo > 256 or shift_lo + q_hi - q_lo > 1000:
             return None
         table_f64 = np.ldexp(float(m_int), -np.arange(shift_lo, shift_lo + q_hi - q_lo + 1, dtype=np.int32))
-        x_f64 = np.take(table_f64, q - q_lo if q_lo else q)
-        x_f64 *= z
-        np.rint(x_f64, out=x_f64)
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        np.clip(x_f64, lo, hi, out=x_f64)
-        return x_f64.astype(I64)
+
+        def kernel(z_blk, q_blk):
+            x_f64 = np.take(table_f64, q_blk - q_lo if q_lo else q_blk)
+            x_f64 *= np.maximum(z_blk, 0)
+            e16 = intops.rint_f64_to_i64(x_f64)
+            return np.clip(e16, lo, hi, out=e16)
+
+        return intops.blockwise(kernel, z.shape, (np.ascontiguousarray(z), np.ascontiguousarray(q)))
 
 
 class TransformersDatapath(Datapath):

@@ -7,10 +7,6 @@ IntGELU product times a 31-bit multiplier is 71 bits) are handled with two int64
 
 from __future__ import annotations
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 I64 = np.int64
@@ -168,12 +164,20 @@ def smallest_int_dtype(lo: int, hi: int):
 
 # ---------------------------------------------------------------------------------------
 # Fast paths. Each returns exactly the integers of its reference above (tests/test_fast_path.py
-# proves it on random and corner-case inputs); it only picks a cheaper way to compute them
-# when the operands' ranges allow, and falls back to the reference otherwise.
+# checks it on random and corner-case inputs): it only picks a cheaper way to compute them
+# when the operands' ranges allow, and falls back to the reference otherwise. The ranges are
+# read off the operands at each call (``max|z|`` etc.), never assumed.
 
 #: Integers of magnitude up to 2^24 (float32) / 2^53 (float64) are exactly representable.
 F32_EXACT_INT = 1 << 24
 F64_EXACT_INT = 1 << 53
+#: ``1.5 * 2^52``: adding it to a float64 ``|x| < 2^51`` rounds ``x`` to an integer (round
+#: half to even, the FPU's default mode) held in the low mantissa bits; subtracting the
+#: constant's bit pattern from the sum's bit pattern (as int64) leaves that integer.
+ROUND_MAGIC_F64 = 6755399441055744.0
+ROUND_MAGIC_BITS = 0x4338000000000000
+#: :func:`rint_f64_to_i64` needs ``|x| < 2^51``.
+ROUND_MAGIC_LIMIT = 1 << 51
 _M_SPLIT = 16  # tier-2 multiplier split: m = m_hi * 2^16 + m_lo, 0 <= m_lo < 2^16
 #: Tier 1 of :func:`mul_shift_round_fast`: |z| <= 2^31 and |m| <= 2^31 give |z * m| <= 2^62.
 FAST_Z_TIER1 = 1 << 31
@@ -191,81 +195,44 @@ def abs_bound(x: np.ndarray) -> int:
     return max(abs(int(x.min())), abs(int(x.max())))
 
 
-# ---------------------------------------------------------------------------------------
-# Blocked, multi-threaded evaluation of elementwise integer pipelines (NumPy releases the GIL
-# inside its loops). Only *how* the work is scheduled changes: every block runs the same
-# kernel on its own rows, so the integers are those of one whole-array call.
+def rint_f64_to_i64(x_f64: np.ndarray) -> np.ndarray:
+    """``int64(rint(x))`` (round half to even) for float64 ``|x| < 2^51``, in place.
 
-#: Arrays smaller than this run as one call on the calling thread.
-PARALLEL_MIN_ELEMS = 1 << 16
-#: Rows per block are chosen so a block holds about this many elements (fits in L2).
-BLOCK_ELEMS = 1 << 15
-_pool_lock = threading.Lock()
-_pool = None
-_num_threads = None
-
-
-def default_num_threads() -> int:
-    """``IBERT_REF_NUM_THREADS`` if set, else the cores this process may run on."""
-    env = os.environ.get("IBERT_REF_NUM_THREADS")
-    if env:
-        n = int(env)
-        if n < 1:
-            raise ValueError("IBERT_REF_NUM_THREADS must be >= 1")
-        return n
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
-
-
-def get_num_threads() -> int:
-    """Threads the fast elementwise kernels use (see :func:`set_num_threads`)."""
-    global _num_threads
-    if _num_threads is None:
-        _num_threads = default_num_threads()
-    return _num_threads
-
-
-def set_num_threads(n: int) -> None:
-    """Use ``n`` threads (1: everything on the calling thread) for the fast elementwise kernels."""
-    global _num_threads, _pool
-    if int(n) < 1:
-        raise ValueError("set_num_threads needs n >= 1")
-    with _pool_lock:
-        _num_threads = int(n)
-        if _pool is not None:
-            _pool.shutdown(wait=True)
-            _pool = None
-
-
-def _executor(n):
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers != n - 1:
-            if _pool is not None:
-                _pool.shutdown(wait=True)
-            _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="ibert-ref")
-        return _pool
-
-
-def blockwise(kernel, shape, operands, dtype=np.int64):
-    """``kernel(*operands)`` evaluated row block by row block, on :func:`get_num_threads` threads.
-
-    ``shape`` is the broadcast result shape ``(..., C)``. Each operand either has exactly that
-    shape (it is cut into the same rows as the result) or broadcasts along the last axis only
-    (shape ``()``, ``(1,)``, ``(C,)`` or ``(1, ..., 1, C)``: passed whole to every block). Any
-    other layout, or a small result, runs ``kernel`` once on the whole arrays.
+    ``x + 1.5 * 2^52`` lies in ``[2^52, 2^53)`` where the float64 spacing is 1, so the one
+    rounding of that addition is round-half-to-even of ``x`` (the offset is an even integer);
+    the sum's bits are ``0x4338000000000000 + rint(x)``. Two cheap passes instead of
+    ``rint`` plus a float-to-int conversion. Overwrites ``x_f64``; returns an int64 view of it.
     """
-    size = int(np.prod(shape)) if len(shape) else 1
-    if size < PARALLEL_MIN_ELEMS or len(shape) < 2 or shape[-1] == 0:
+    x_f64 += ROUND_MAGIC_F64
+    out = x_f64.view(I64)
+    out -= ROUND_MAGIC_BITS
+    return out
+
+
+#: Pipelines of several passes over arrays larger than this run block by block, each block
+#: about this many elements (its temporaries stay in the L2 cache instead of streaming from
+#: memory once per pass). Scheduling only: every block runs the same kernel on its rows.
+BLOCK_ELEMS = 1 << 17
+
+
+def blockwise(kernel, shape, operands, dtype=I64):
+    """``kernel(*operands)``, evaluated over row blocks of the broadcast result ``shape``.
+
+    Each operand either has exactly ``shape`` and is C-contiguous (cut into the same rows as
+    the result) or broadcasts along the last axis only (``()``, ``(1,)``, ``(C,)``,
+    ``(1, ..., 1, C)``: passed whole to every block). Any other layout, or a result of at most
+    ``2 * BLOCK_ELEMS`` elements, runs ``kernel`` once on the whole arrays.
+    """
+    shape = tuple(shape)
+    size = int(np.prod(shape)) if shape else 1
+    if size <= 2 * BLOCK_ELEMS or len(shape) < 2 or shape[-1] == 0:
         return kernel(*operands)
     cols = shape[-1]
     rows = size // cols
     views = []
     for a in operands:
         a = np.asarray(a)
-        if a.shape == tuple(shape) and a.flags.c_contiguous:
+        if a.shape == shape and a.flags.c_contiguous:
             views.append((True, a.reshape(rows, cols)))
         elif a.ndim <= 1 or all(d == 1 for d in a.shape[:-1]):
             views.append((False, a.reshape(a.shape[-1:]) if a.ndim else a))
@@ -273,21 +240,9 @@ def blockwise(kernel, shape, operands, dtype=np.int64):
             return kernel(*operands)
     out = np.empty((rows, cols), dtype=dtype)
     step = max(1, BLOCK_ELEMS // cols)
-    n = min(get_num_threads(), rows)
-
-    def work(r0, r1):
-        for s in range(r0, r1, step):
-            e = min(s + step, r1)
-            out[s:e] = kernel(*[v[s:e] if cut else v for cut, v in views])
-
-    bounds = [rows * i // n for i in range(n + 1)]
-    if n == 1:
-        work(0, rows)
-    else:
-        futures = [_executor(n).submit(work, bounds[i], bounds[i + 1]) for i in range(1, n)]
-        work(bounds[0], bounds[1])
-        for f in futures:
-            f.result()
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        out[r0:r1] = kernel(*[v[r0:r1] if cut else v for cut, v in views])
     return out.reshape(shape)
 
 
@@ -316,12 +271,12 @@ def _rounding_bias_add_shift(p_i64, e_i64, rounding):
 
 
 def _mul_shift_round_tier1(z_i64, m_i64, e_i64, rounding):
-    """Tier 1 of :func:`mul_shift_round_fast`: one int64 product, then :func:`_rounding_bias_add_shift`."""
+    """Tier 1: one int64 product ``z * m`` (``|z * m| <= 2^62``), then :func:`_rounding_bias_add_shift`."""
     return _rounding_bias_add_shift(z_i64 * m_i64, e_i64, rounding)
 
 
 def _mul_shift_round_split(z_i64, m_i64, e_i64, rounding):
-    """``round(z * m / 2^e)`` for ``|z| < 2^46``, ``|m| <= 2^31``, ``17 <= e <= 78``.
+    """Tier 2: ``round(z * m / 2^e)`` for ``|z| < 2^46``, ``|m| <= 2^31``, ``17 <= e <= 78``.
 
     ``X = z * m = A * 2^16 + B`` with ``A = z * m_hi`` (|A| <= 2^61), ``B = z * m_lo``
     (|B| < 2^62), ``m_hi = m >> 16``, ``m_lo = m & 0xFFFF``. With the rounding offset
@@ -357,55 +312,66 @@ def _mul_shift_round_split(z_i64, m_i64, e_i64, rounding):
     return b_i64
 
 
-#: ``1.5 * 2^52``: adding it to a float64 ``|x| < 2^51`` rounds ``x`` to an integer (round
-#: half to even, the FPU's default mode) held in the low mantissa bits; subtracting the
-#: constant's bit pattern from the sum's bit pattern (as int64) leaves that integer.
-ROUND_MAGIC_F64 = 6755399441055744.0
-ROUND_MAGIC_BITS = 0x4338000000000000
-#: :func:`rint_f64_to_i64` applies while ``|x| < 2^51``.
-ROUND_MAGIC_LIMIT = 1 << 51
-
-
-def rint_f64_to_i64(x_f64: np.ndarray) -> np.ndarray:
-    """``int64(rint(x))`` (round half to even) for float64 ``|x| < 2^51``, in place.
-
-    ``x + 1.5 * 2^52`` lies in ``[2^52, 2^53)`` where the float64 spacing is 1, so the one
-    rounding of that addition is round-half-to-even of ``x`` (the offset is an even integer);
-    the sum's bits are ``0x4338000000000000 + rint(x)``. Two cheap passes instead of
-    ``rint`` plus a float-to-int conversion. Overwrites ``x_f64``; returns an int64 view of it.
-    """
-    x_f64 += ROUND_MAGIC_F64
-    out = x_f64.view(I64)
-    out -= ROUND_MAGIC_BITS
-    return out
+def _dyadic_f64(m_i64, e_i64):
+    """``m * 2^-e`` in float64: exact (``|m| <= 2^31``, ``0 <= e <= 1000`` stays normal)."""
+    return np.ldexp(m_i64.astype(np.float64), -e_i64.astype(np.int32))
 
 
 def _mul_shift_round_f64(z_i64, m_i64, e_i64, rounding):
-    """Tier 0 of :func:`mul_shift_round_fast`: ``rint(z * (m * 2^-e))`` in float64 (exact there)."""
-    d_f64 = np.ldexp(m_i64.astype(np.float64), -e_i64.astype(np.int32))
-    x_f64 = np.multiply(z_i64, d_f64, dtype=np.float64)
+    """Tier 0: ``|z * m| < 2^53`` and ``|z * m / 2^e| < 2^51``. ``d = m * 2^-e`` is exact in
+    float64 and so is ``z * d`` (its significand ``z * m`` has at most 53 bits); round half
+    to even with :func:`rint_f64_to_i64`, or ``floor``."""
+    x_f64 = np.multiply(z_i64, _dyadic_f64(m_i64, e_i64), dtype=np.float64)
     if rounding == "half_even":
         return rint_f64_to_i64(x_f64)
     np.floor(x_f64, out=x_f64)
     return x_f64.astype(I64)
 
 
+def _mul_shift_round_f64_repaired(z_i64, m_i64, e_i64, eps):
+    """Tier F, round half to even: float64 with an exact repair of near-ties.
+
+    ``|z| <= 2^53`` (exact in float64), ``v = z * m / 2^e`` with ``|v| < 2^50``. ``y = z * d``
+    is rounded once: ``|y - v| <= 2^-53 |v| < eps``. ``r = rint(y)`` differs from ``rint(v)``
+    only if a half-integer lies within ``eps`` of ``y``, i.e. ``|y - r| >= 1/2 - eps``
+    (``y - r`` is exact: Sterbenz). Those elements — rare, a ``2 eps`` fraction at most for
+    spread-out data — are recomputed with the exact reference :func:`mul_shift_round`.
+    """
+    y_f64 = np.multiply(z_i64, _dyadic_f64(m_i64, e_i64), dtype=np.float64)
+    w_f64 = y_f64 + ROUND_MAGIC_F64  # rint(y) + 1.5 * 2^52, exact
+    y_f64 -= w_f64 - ROUND_MAGIC_F64  # y - rint(y), exact
+    np.abs(y_f64, out=y_f64)
+    near = y_f64 >= 0.5 - eps
+    out = w_f64.view(I64)
+    out -= ROUND_MAGIC_BITS
+    if near.any():
+        idx = np.nonzero(near)
+        shape = out.shape
+        out[idx] = mul_shift_round(
+            z_i64[idx], np.broadcast_to(m_i64, shape)[idx], np.broadcast_to(e_i64, shape)[idx], "half_even"
+        )
+    return out
+
+
 def mul_shift_round_fast(z_i64, m_i64, e_i64, rounding: str = "half_even") -> np.ndarray:
     """:func:`mul_shift_round` (same integers, same errors), with cheaper kernels by range.
 
-    * tier 0, ``max|z| * max|m| < 2^53``, rounding ``half_even`` (``e >= 2``) or ``floor``:
-      in float64, ``d = m * 2^-e`` is exact (a 32-bit integer times a power of two) and so is
-      ``z * d`` (its significand ``z * m`` has at most 53 bits), so round-half-even
-      (:func:`rint_f64_to_i64`, ``|z * d| < 2^51``) or ``floor`` of it is the exact result:
-      3 passes (linear accumulators, int8 and 16-bit values).
-    * tier 1, ``|z| <= 2^31`` and ``1 <= e <= 62``: the product ``p = z * m`` fits int64
-      (``|p| <= 2^62``) and ``round(p / 2^e) = (p + c) >> e`` (see
-      :func:`_rounding_bias_add_shift`): 6 int64 operations instead of ~50.
-    * tier 2, ``|z| < 2^46`` and ``17 <= e <= 78``: the 16-bit multiplier split of
-      :func:`_mul_shift_round_split` (IntGELU outputs, softmax exponentials).
-    * otherwise the two-limb reference :func:`mul_shift_round`.
+    The work runs block by block (:func:`blockwise`); in each block, with ``Z = max|z|``,
+    ``M = max|m|``, ``E = min e``, the first kernel that applies is used:
 
-    The tier is chosen once per call from ``max |z|`` and the range of ``e``.
+    * tier 0, ``Z * M < 2^53``, ``Z * M / 2^E < 2^51``, rounding ``half_even`` or ``floor``:
+      exact float64 (:func:`_mul_shift_round_f64`): 3 passes. Linear accumulators, int8 and
+      16-bit values.
+    * tier F, ``half_even``, ``Z <= 2^53``, ``Z * M / 2^E < 2^50``: float64 with the exact
+      repair of near-ties (:func:`_mul_shift_round_f64_repaired`): 7 passes. IntGELU
+      outputs (~40 bits), IntLayerNorm outputs (~31 bits).
+    * tier 1, ``Z <= 2^31``, ``1 <= e <= 62``: one int64 product and a rounding offset
+      (:func:`_rounding_bias_add_shift`): 6 passes.
+    * tier 2, ``Z < 2^46``, ``17 <= e <= 78``: the 16-bit multiplier split
+      (:func:`_mul_shift_round_split`): 12 passes.
+    * otherwise the two-limb reference :func:`mul_shift_round` (about 50 passes).
+
+    Reading the range per block keeps ``z`` in cache between the range scan and the kernel.
     """
     z_i64 = np.asarray(z_i64, dtype=I64)
     m_i64 = np.asarray(m_i64, dtype=I64)
@@ -414,57 +380,58 @@ def mul_shift_round_fast(z_i64, m_i64, e_i64, rounding: str = "half_even") -> np
         return mul_shift_round(z_i64, m_i64, e_i64, rounding)
     if int(e_i64.min()) < 0:
         raise ValueError("mul_shift_round needs e >= 0 (a multiplier below 2^31 * 2^-e)")
-    if abs_bound(m_i64) > (1 << 31):
+    m_bound = abs_bound(m_i64)
+    if m_bound > (1 << 31):
         raise ValueError("mul_shift_round needs |m| <= 2^31")
-    z_bound = abs_bound(z_i64)
-    e_lo, e_hi = int(e_i64.min()), int(e_i64.max())
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown rounding {rounding!r}; expected one of {ROUNDINGS}")
     shape = np.broadcast_shapes(z_i64.shape, m_i64.shape, e_i64.shape)
     if z_i64.shape != shape:  # so that every product below has the output's shape
         z_i64 = np.ascontiguousarray(np.broadcast_to(z_i64, shape))
-    m_bound = abs_bound(m_i64)
-    if (
-        z_bound * m_bound < F64_EXACT_INT
-        and ((rounding == "half_even" and e_lo >= 2) or rounding == "floor")
-        and e_hi <= 1000
-    ):  # |z * m / 2^e| < 2^53 / 2^2 = 2^51: within rint_f64_to_i64's range
-        kernel = _mul_shift_round_f64
-    elif z_bound <= FAST_Z_TIER1 and e_lo >= 1 and e_hi <= 62:
-        kernel = _mul_shift_round_tier1
-    elif z_bound < FAST_Z_TIER2 and e_lo >= _M_SPLIT + 1 and e_hi <= 78:
-        kernel = _mul_shift_round_split
-    else:
-        return mul_shift_round(z_i64, m_i64, e_i64, rounding)
-    return blockwise(lambda z, m, e: kernel(z, m, e, rounding), shape, (z_i64, m_i64, e_i64))
+    if e_i64.shape != shape and not (e_i64.ndim <= 1 or all(d == 1 for d in e_i64.shape[:-1])):
+        e_i64 = np.ascontiguousarray(np.broadcast_to(e_i64, shape))
+    return blockwise(lambda z, m, e: _mul_shift_round_block(z, m, e, rounding, m_bound), shape, (z_i64, m_i64, e_i64))
+
+
+def _mul_shift_round_block(z_i64, m_i64, e_i64, rounding, m_bound):
+    """One block of :func:`mul_shift_round_fast`: pick the tier from this block's ranges."""
+    z_bound = abs_bound(z_i64)
+    if z_bound >= SATURATION_I64:
+        raise OverflowError("mul_shift_round needs |z| < 2^62")
+    e_lo, e_hi = int(e_i64.min()), int(e_i64.max())
+    product = z_bound * m_bound  # bounds |z * m|; |z * m / 2^e| <= product / 2^e_lo
+    if e_hi <= 1000 and rounding in ("half_even", "floor"):
+        if product < F64_EXACT_INT and product < ROUND_MAGIC_LIMIT << e_lo:
+            return _mul_shift_round_f64(z_i64, m_i64, e_i64, rounding)
+        if rounding == "half_even" and z_bound <= F64_EXACT_INT and product < (ROUND_MAGIC_LIMIT >> 1) << e_lo:
+            eps = float(product) * 2.0 ** -(e_lo + 52)  # >= 2^-53 * max|v|, < 1/4
+            return _mul_shift_round_f64_repaired(z_i64, m_i64, e_i64, eps)
+    if z_bound <= FAST_Z_TIER1 and e_lo >= 1 and e_hi <= 62:
+        return _mul_shift_round_tier1(z_i64, m_i64, e_i64, rounding)
+    if z_bound < FAST_Z_TIER2 and e_lo >= _M_SPLIT + 1 and e_hi <= 78:
+        return _mul_shift_round_split(z_i64, m_i64, e_i64, rounding)
+    return mul_shift_round(z_i64, m_i64, e_i64, rounding)
 
 
 def isqrt_floor_fast(n_i64: np.ndarray) -> np.ndarray:
-    """:func:`isqrt_floor` starting at the highest result bit ``max(n)`` needs.
+    """:func:`isqrt_floor` (same roots, same errors) from a float64 square root, corrected.
 
-    The restoring method takes no step while ``bit > rem``: starting at the largest power
-    of four ``<= max(n)`` (instead of 2^60) skips exactly those steps, so every root is the
-    same. Var < 2^32 (calibrated LayerNorm) needs 16 steps instead of 31.
+    ``r = floor(sqrt(float64(n)))`` is within 1 of ``isqrt(n)`` for ``0 <= n < 2^62`` (both
+    roundings are relative errors of at most 2^-53 on a root below 2^31), so one exact
+    integer step each way fixes it: ``r -= [r^2 > n]``, then ``r += [(r + 1)^2 <= n]``.
+    Six array operations instead of the restoring method's 31 steps.
     """
     n_i64 = np.asarray(n_i64, dtype=I64)
     if n_i64.size == 0:
         return isqrt_floor(n_i64)
     if int(n_i64.min()) < 0:
         raise ValueError("isqrt_floor of a negative number")
-    top = int(n_i64.max())
-    if top >= (1 << 62):
+    if int(n_i64.max()) >= (1 << 62):
         raise OverflowError("isqrt_floor supports n < 2^62")
-    rem = n_i64.copy()
-    root = np.zeros_like(n_i64)
-    if top == 0:
-        return root
-    bit = 1 << (((top.bit_length() - 1) // 2) * 2)
-    while bit > 0:
-        trial = root + bit
-        take = rem >= trial
-        np.subtract(rem, trial, out=rem, where=take)
-        root >>= 1
-        np.add(root, bit, out=root, where=take)
-        bit >>= 2
-    return root
+    r_i64 = np.sqrt(n_i64.astype(np.float64)).astype(I64)
+    r_i64 -= r_i64 * r_i64 > n_i64
+    r_i64 += (r_i64 + 1) * (r_i64 + 1) <= n_i64
+    return r_i64
 
 
 def matmul_exact_reference(a_int: np.ndarray, b_int: np.ndarray) -> np.ndarray:
@@ -480,32 +447,8 @@ def matmul_exact_reference(a_int: np.ndarray, b_int: np.ndarray) -> np.ndarray:
     return np.matmul(a_int.astype(I64), b_int.astype(I64))
 
 
-#: Split float GEMMs by rows over :func:`get_num_threads` threads (for a single-threaded BLAS).
-THREADED_GEMM = os.environ.get("IBERT_REF_THREADED_GEMM", "0") == "1"
-
-
-def _matmul_rows(a, b):
-    """``np.matmul(a, b)``, its rows (axis -2 of ``a``) split over threads when THREADED_GEMM."""
-    n = get_num_threads()
-    rows = a.shape[-2] if a.ndim >= 2 else 1
-    if not THREADED_GEMM or n == 1 or rows < 2 * n or a.ndim < 2:
-        return np.matmul(a, b)
-    out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (rows, b.shape[-1]), dtype=np.result_type(a, b))
-    bounds = [rows * i // n for i in range(n + 1)]
-
-    def part(i):
-        r0, r1 = bounds[i], bounds[i + 1]
-        out[..., r0:r1, :] = np.matmul(a[..., r0:r1, :], b)
-
-    futures = [_executor(n).submit(part, i) for i in range(1, n)]
-    part(0)
-    for f in futures:
-        f.result()
-    return out
-
-
 def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarray:
-    """Exact integer ``a @ b`` (+ ``add``, broadcast, e.g. a bias) as int64, on float BLAS.
+    """Exact integer ``a @ b`` (+ ``add``, broadcast: a bias) as int64, on float BLAS.
 
     Let ``P = max|a| * max|b|`` bound every product; any partial sum of ``k`` products
     (whatever order or blocking the BLAS uses, FMA or not) is an integer of magnitude at
@@ -517,31 +460,46 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
     * else ``K * P < 2^53``: one float64 GEMM;
     * else the int64 reference :func:`matmul_exact_reference`.
 
-    ``add`` is added in float64 while ``K * P + max|add| < 2^53`` (exact), else in int64.
+    The float result (plus ``add``, exact below 2^51) becomes int64 through
+    :func:`rint_f64_to_i64` (an integer-valued float is its own rint).
     """
     a_int, b_int = np.asarray(a_int), np.asarray(b_int)
     k = a_int.shape[-1]
     per_term = abs_bound(a_int) * abs_bound(b_int)
     add_bound = 0 if add_int is None else abs_bound(add_int)
     k_chunk = F32_EXACT_INT // per_term if per_term else k
-    float32_ok = k > 0 and per_term > 0 and (k_chunk >= k or k_chunk >= 64)
-    if float32_ok and k * per_term + add_bound < F64_EXACT_INT:
-        if k_chunk >= k:
-            acc = _matmul_rows(a_int.astype(np.float32), b_int.astype(np.float32))
-        else:
-            a_f32, b_f32 = a_int.astype(np.float32), b_int.astype(np.float32)
-            acc = _matmul_rows(a_f32[..., :k_chunk], b_f32[..., :k_chunk, :]).astype(np.float64)
-            for k0 in range(k_chunk, k, k_chunk):
-                acc += _matmul_rows(a_f32[..., k0 : k0 + k_chunk], b_f32[..., k0 : k0 + k_chunk, :])
-        if add_int is None:
-            return acc.astype(I64)
-        out = np.empty(np.broadcast_shapes(acc.shape, np.shape(add_int)), dtype=I64)
-        np.add(acc, add_int, out=out, dtype=np.float64, casting="unsafe")  # exact: below 2^53
-        return out
-    if k == 0 or per_term == 0:
-        acc = np.matmul(a_int.astype(I64), b_int.astype(I64))
-    elif k * per_term < F64_EXACT_INT:
+    if k == 0 or per_term == 0 or k * per_term + add_bound >= ROUND_MAGIC_LIMIT:
+        return _matmul_exact_slow(a_int, b_int, add_int, k * per_term)
+    if k_chunk >= k:
+        acc = np.matmul(a_int.astype(np.float32), b_int.astype(np.float32))
+    elif k_chunk >= 64:
+        a_f32, b_f32 = a_int.astype(np.float32), b_int.astype(np.float32)
+        acc = np.matmul(a_f32[..., :k_chunk], b_f32[..., :k_chunk, :]).astype(np.float64)
+        for k0 in range(k_chunk, k, k_chunk):
+            acc += np.matmul(a_f32[..., k0 : k0 + k_chunk], b_f32[..., k0 : k0 + k_chunk, :])
+    else:
+        acc = np.matmul(a_int.astype(np.float64), b_int.astype(np.float64))
+    offset = np.float64(ROUND_MAGIC_F64) if add_int is None else np.asarray(add_int).astype(np.float64) + ROUND_MAGIC_F64
+    shape = np.broadcast_shapes(acc.shape, np.shape(offset))
+    if acc.shape != shape:
+        acc = np.broadcast_to(acc, shape)
+    return blockwise(_float_acc_to_i64, shape, (acc, offset))
+
+
+def _float_acc_to_i64(acc, offset_f64):
+    """``acc + offset - 1.5 * 2^52`` for an integer-valued float ``acc`` and ``offset =
+    add + 1.5 * 2^52``: exact while ``|acc + add| < 2^51`` (see :func:`rint_f64_to_i64`)."""
+    out = np.add(acc, offset_f64, dtype=np.float64).view(I64)
+    out -= ROUND_MAGIC_BITS
+    return out
+
+
+def _matmul_exact_slow(a_int, b_int, add_int, bound):
+    """:func:`matmul_exact` beyond float range (or degenerate shapes): float64 or int64 sums."""
+    if 0 < bound < F64_EXACT_INT:
         acc = np.matmul(a_int.astype(np.float64), b_int.astype(np.float64)).astype(I64)
+    elif bound == 0:
+        acc = np.matmul(a_int.astype(I64), b_int.astype(I64))
     else:
         acc = matmul_exact_reference(a_int, b_int)
     return acc if add_int is None else acc + np.asarray(add_int, dtype=I64)

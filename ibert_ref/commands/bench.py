@@ -1,0 +1,477 @@
+"""``ibert-ref bench``: time ibert-ref against transformers on the same inputs, and measure memory.
+
+Each system runs in its own worker subprocess (so that its resident memory is its own): it loads
+its model once, reports its memory, then answers "run one forward of shape (B, T)" requests.
+The parent interleaves the systems round-robin, repeat after repeat, so that a change in machine
+load hits every system alike, and reports the median time of each.
+
+Systems (``--systems``):
+
+``exact``          ibert-ref, exact integer datapath (int8 weights resident, fast path)
+``exact-ref``      ibert-ref, exact datapath with the reference kernels (slow; not in the default set)
+``transformers``   ibert-ref, transformers datapath (float32 emulation, numpy GEMMs)
+``tf-quant``       transformers ``IBertModel`` with ``quant_mode=True`` (needs the verify extra)
+``tf-fp32``        transformers ``IBertModel`` with ``quant_mode=False``: same weights, float32
+
+Environment: the workers run without ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` unless
+``--keep-openblas-env`` (a forced core type can pick a slower kernel); the BLAS each worker
+actually uses is reported (threadpoolctl, when installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+
+import numpy as np
+
+SYSTEMS = {
+    "exact": "ibert-ref exact",
+    "exact-ref": "ibert-ref exact (reference kernels)",
+    "transformers": "ibert-ref transformers datapath",
+    "tf-quant": "transformers quant_mode",
+    "tf-fp32": "transformers FP32",
+}
+DEFAULT_SYSTEMS = ("exact", "transformers", "tf-quant", "tf-fp32")
+DEFAULT_SHAPES = ("1x128", "8x128", "1x512")
+OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+#: Targets of issue 6 (ratios measured in one run on one machine).
+TARGET_EXACT_OVER_FP32 = 1.5
+TARGET_QUANT_OVER_EXACT = 4.0
+TARGET_WEIGHT_BYTES_RATIO = 0.35
+
+
+# ---------------------------------------------------------------------------------------
+# Worker side: one system, one model, JSON lines on stdin/stdout.
+def rss_bytes():
+    """Current resident set size of this process (Linux /proc), or None."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - non-Linux
+        return None
+
+
+def peak_rss_bytes():
+    """Peak resident set size since start or the last :func:`reset_peak_rss` (Linux
+    ``VmHWM``; elsewhere ``ru_maxrss``), or None."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    except (ImportError, OSError):  # pragma: no cover - non-Unix
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Restart the peak-RSS count at the current RSS (Linux ``clear_refs``); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:  # pragma: no cover - non-Linux or restricted
+        return False
+
+
+def trim_heap() -> bool:
+    """Return freed heap memory to the OS (glibc ``malloc_trim(0)``); False if unavailable."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return False
+
+
+def array_bytes(obj, seen=None) -> int:
+    """Bytes of every distinct NumPy array reachable through dataclasses, lists, tuples and dicts."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, np.ndarray):
+        base = obj if obj.base is None else obj.base
+        if id(base) in seen:
+            return 0
+        seen.add(id(base))
+        return int(getattr(base, "nbytes", obj.nbytes))
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return sum(array_bytes(getattr(obj, f.name), seen) for f in fields(obj))
+    if isinstance(obj, (list, tuple)):
+        return sum(array_bytes(v, seen) for v in obj)
+    if isinstance(obj, dict):
+        return sum(array_bytes(v, seen) for v in obj.values())
+    return 0
+
+
+def blas_info():
+    """What BLAS/OpenMP libraries this process loaded (threadpoolctl), or a note."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return [{"note": "threadpoolctl not installed"}]
+    keep = ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
+    return [{k: d.get(k) for k in keep if k in d} for d in threadpool_info()]
+
+
+class IBertRefSystem:
+    """An ibert-ref model on one datapath."""
+
+    def __init__(self, model_path, datapath):
+        from ..datapath import ExactDatapath
+        from ..model import IBertModel
+
+        dp = ExactDatapath(fast=False) if datapath == "exact-ref" else datapath
+        self.model = IBertModel.from_pretrained(model_path, datapath=dp)
+        self.config = self.model.config
+
+    def weight_bytes(self):
+        b = array_bytes(self.model.compiled)
+        return {"resident": b, "parameters": b}
+
+    def forward(self, ids, mask):
+        return self.model(ids, attention_mask=mask)
+
+
+class TransformersSystem:
+    """transformers' I-BERT (quant_mode as asked), torch float32 on CPU, no grad."""
+
+    def __init__(self, model_path, quant_mode):
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("transformers systems need the verify extra: pip install 'ibert-ref[verify]'") from exc
+        self.torch = torch
+        torch.set_grad_enabled(False)
+        self.model = transformers.IBertModel.from_pretrained(str(model_path), quant_mode=quant_mode).eval()
+        self.config = self.model.config.to_dict()
+
+    def weight_bytes(self):
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        buffers = sum(b.numel() * b.element_size() for b in self.model.buffers())
+        return {"resident": params + buffers, "parameters": params}
+
+    def forward(self, ids, mask):
+        t = self.torch
+        return self.model(input_ids=t.from_numpy(ids), attention_mask=t.from_numpy(mask))
+
+
+def make_inputs(batch, seq, vocab, seed=0):
+    """The benchmark's inputs: random ids in [5, vocab) (no special tokens), no padding."""
+    rng = np.random.default_rng([seed, batch, seq])
+    ids = rng.integers(5, vocab, size=(batch, seq), dtype=np.int64)
+    return ids, np.ones_like(ids)
+
+
+def worker_main(system, model_path) -> int:
+    """Serve requests on stdin: ``{"op": "run", "batch": B, "seq": T}`` -> ``{"seconds": ...}``."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything the libraries print goes to stderr, not the protocol
+    gc.collect()
+    rss0 = rss_bytes()
+    t0 = time.perf_counter()
+    if system.startswith("tf-"):
+        sysobj = TransformersSystem(model_path, quant_mode=(system == "tf-quant"))
+    else:
+        sysobj = IBertRefSystem(model_path, system)
+    load_s = time.perf_counter() - t0
+    gc.collect()
+    rss_load, peak_load = rss_bytes(), peak_rss_bytes()
+    trim_heap()  # what loading freed but the allocator kept (all systems alike)
+    info = {
+        "system": system,
+        "load_seconds": load_s,
+        "rss_before_load": rss0,
+        "rss_after_load": rss_load,
+        "peak_rss_load": peak_load,
+        "rss_after_load_trimmed": rss_bytes(),
+        "peak_reset": reset_peak_rss(),
+        "weight_bytes": sysobj.weight_bytes(),
+        "max_positions": int(sysobj.config["max_position_embeddings"]) - int(sysobj.config.get("pad_token_id", 1)) - 1,
+        "vocab_size": int(sysobj.config["vocab_size"]),
+        "blas": blas_info(),
+        "pid": os.getpid(),
+    }
+    if system.startswith("tf-"):
+        info["torch_threads"] = sysobj.torch.get_num_threads()
+    out.write(json.dumps(info) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["op"] == "quit":
+            break
+        ids, mask = make_inputs(req["batch"], req["seq"], info["vocab_size"], req.get("seed", 0))
+        t = time.perf_counter()
+        sysobj.forward(ids, mask)
+        secs = time.perf_counter() - t
+        out.write(json.dumps({"seconds": secs, "rss": rss_bytes(), "peak_rss": peak_rss_bytes()}) + "\n")
+        out.flush()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# Parent side.
+class Worker:
+    """A worker subprocess for one system."""
+
+    def __init__(self, system, model_path, env):
+        cmd = [sys.executable, "-m", "ibert_ref.commands.bench", "--worker", system, "--model", str(model_path)]
+        self.system = system
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.info = self._read()
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read()
+            raise RuntimeError(f"benchmark worker {self.system!r} failed:\n{err[-4000:]}")
+        return json.loads(line)
+
+    def run(self, batch, seq):
+        self.proc.stdin.write(json.dumps({"op": "run", "batch": batch, "seq": seq}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):  # pragma: no cover
+                self.proc.kill()
+
+
+def worker_env(keep_openblas_env: bool):
+    env = dict(os.environ)
+    removed = {}
+    if not keep_openblas_env:
+        for name in OPENBLAS_ENV:
+            if name in env:
+                removed[name] = env.pop(name)
+    return env, removed
+
+
+def parse_shape(text):
+    try:
+        b, t = text.lower().split("x")
+        return int(b), int(t)
+    except ValueError as exc:
+        raise ValueError(f"shape {text!r} is not BATCHxSEQ, e.g. 8x128") from exc
+
+
+def machine_info():
+    """Date, CPU, core count, Python/NumPy (and torch/transformers if importable) versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:  # pragma: no cover
+        pass
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("torch", "transformers"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            versions[mod] = None
+    from .. import __version__
+
+    versions["ibert-ref"] = __version__
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def run_benchmark(model_path, systems, shapes, repeats=7, warmup=1, keep_openblas_env=False, log=print):
+    """Run every system on every shape (interleaved), return a result dict (see :func:`format_report`)."""
+    from ..progress import Progress
+
+    env, removed = worker_env(keep_openblas_env)
+    result = {"model": str(model_path), "machine": machine_info(), "openblas_env_removed": removed,
+              "repeats": repeats, "warmup": warmup, "systems": {}, "timings": {}}
+    workers = []
+    try:
+        for s in systems:
+            log(f"loading {SYSTEMS[s]} ...")
+            w = Worker(s, model_path, env)
+            workers.append(w)
+            result["systems"][s] = w.info
+        max_pos = min(w.info["max_positions"] for w in workers)
+        for b, t in shapes:
+            key = f"{b}x{t}"
+            if t > max_pos:
+                log(f"skipping {key}: the model has {max_pos} positions")
+                continue
+            for _ in range(warmup):
+                for w in workers:
+                    w.run(b, t)
+            times = {w.system: [] for w in workers}
+            with Progress(repeats * len(workers), desc=f"batch {b} seq {t}", unit="fwd") as bar:
+                for _ in range(repeats):
+                    for w in workers:
+                        times[w.system].append(w.run(b, t)["seconds"])
+                        bar.update()
+            result["timings"][key] = {s: {"median": statistics.median(v), "min": min(v), "all": v}
+                                      for s, v in times.items()}
+        for w in workers:
+            final = w.run(1, min(8, max_pos))
+            result["systems"][w.system]["peak_rss_forward"] = final["peak_rss"]
+            result["systems"][w.system]["rss_end"] = final["rss"]
+    finally:
+        for w in workers:
+            w.close()
+    result["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return result
+
+
+def _mb(n):
+    return "-" if n is None else f"{n / 2**20:,.0f}"
+
+
+def ratios(result):
+    """The issue-6 ratios for each shape: exact / fp32, quant / exact, and more."""
+    out = {}
+    for key, tm in result["timings"].items():
+        med = {s: v["median"] for s, v in tm.items()}
+        r = {}
+        if "exact" in med and "tf-fp32" in med:
+            r["exact_over_fp32"] = med["exact"] / med["tf-fp32"]
+        if "exact" in med and "tf-quant" in med:
+            r["quant_over_exact"] = med["tf-quant"] / med["exact"]
+        if "transformers" in med and "tf-quant" in med:
+            r["quant_over_ibert_transformers"] = med["tf-quant"] / med["transformers"]
+        if "exact-ref" in med and "exact" in med:
+            r["reference_over_fast"] = med["exact-ref"] / med["exact"]
+        out[key] = r
+    systems = result["systems"]
+    if "exact" in systems and "tf-fp32" in systems:
+        out["weight_bytes_exact_over_fp32"] = (
+            systems["exact"]["weight_bytes"]["resident"] / systems["tf-fp32"]["weight_bytes"]["parameters"]
+        )
+    return out
+
+
+def format_report(result) -> str:
+    """Markdown tables: median seconds per system and shape, ratios against the targets, memory."""
+    systems = list(result["systems"])
+    lines = [f"model: `{result['model']}`", ""]
+    head = "| batch x seq | " + " | ".join(SYSTEMS[s] for s in systems) + " |"
+    lines += [head, "|" + "---|" * (len(systems) + 1)]
+    for key, tm in result["timings"].items():
+        cells = [f"{tm[s]['median'] * 1e3:,.1f} ms" for s in systems]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    r = ratios(result)
+    lines += ["", "| batch x seq | exact / FP32 (target <= 1.5) | quant_mode / exact (target >= 4) |"
+              " quant_mode / ibert-ref transformers |", "|---|---|---|---|"]
+    for key in result["timings"]:
+        rr = r.get(key, {})
+
+        def f(name, target=None, le=True):
+            if name not in rr:
+                return "-"
+            v = rr[name]
+            mark = "" if target is None else (" ok" if (v <= target if le else v >= target) else " MISSED")
+            return f"{v:.2f}x{mark}"
+
+        lines.append(f"| {key} | {f('exact_over_fp32', TARGET_EXACT_OVER_FP32)} | "
+                     f"{f('quant_over_exact', TARGET_QUANT_OVER_EXACT, le=False)} | "
+                     f"{f('quant_over_ibert_transformers')} |")
+    lines += ["", "| system | weights resident (MiB) | RSS after load / trimmed (MiB) | peak RSS loading (MiB) "
+              "| peak RSS forwards (MiB) | load (s) |", "|---|---|---|---|---|---|"]
+    for s in systems:
+        info = result["systems"][s]
+        fwd = _mb(info.get("peak_rss_forward")) if info.get("peak_reset") else "n/a"
+        lines.append(f"| {SYSTEMS[s]} | {_mb(info['weight_bytes']['resident'])} | {_mb(info['rss_after_load'])} / "
+                     f"{_mb(info['rss_after_load_trimmed'])} | {_mb(info['peak_rss_load'])} | {fwd} | "
+                     f"{info['load_seconds']:.1f} |")
+    if "weight_bytes_exact_over_fp32" in r:
+        v = r["weight_bytes_exact_over_fp32"]
+        lines += ["", f"ibert-ref exact weights / FP32 parameters: {v:.3f}x "
+                      f"(target <= {TARGET_WEIGHT_BYTES_RATIO}: {'ok' if v <= TARGET_WEIGHT_BYTES_RATIO else 'MISSED'})"]
+    m = result["machine"]
+    blas = result["systems"].get("exact", next(iter(result["systems"].values())))["blas"]
+    lines += ["", f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; {m['date']}",
+              "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
+              f"numpy BLAS: {blas}",
+              f"load average start/end: {m['loadavg_start']} / {m.get('loadavg_end')}; "
+              f"repeats {result['repeats']} (median), warmup {result['warmup']}; "
+              f"OpenBLAS env removed: {result['openblas_env_removed'] or 'none set'}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time ibert-ref against transformers (quant_mode and FP32) and measure memory",
+        description="Time one forward pass of each system on the same random inputs (median of "
+        "interleaved repeats, each system in its own subprocess), print the ratios against the "
+        "targets (exact <= 1.5x transformers FP32, >= 4x faster than quant_mode) and each "
+        "model's weights and resident memory. transformers systems need the verify extra.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="folder of an I-BERT checkpoint (default: the bundled tiny model)")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                   help="comma-separated, from: " + ", ".join(SYSTEMS))
+    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+                   help="comma-separated BATCHxSEQ (shapes longer than the model's positions are skipped)")
+    p.add_argument("--repeats", type=int, default=7, help="timed forwards per system and shape (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forwards per system and shape")
+    p.add_argument("--keep-openblas-env", action="store_true",
+                   help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in the workers' environment")
+    p.add_argument("--json", default=None, help="also write the raw results to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..data import default_model_path
+
+    model = Path(args.model) if args.model else default_model_path()
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    shapes = [parse_shape(s) for s in args.shapes.split(",") if s.strip()]
+    log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
+    result = run_benchmark(model, systems, shapes, args.repeats, args.warmup, args.keep_openblas_env, log)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
+        worker = argparse.ArgumentParser()
+        worker.add_argument("--worker", required=True, choices=list(SYSTEMS))
+        worker.add_argument("--model", required=True)
+        a = worker.parse_args()
+        sys.exit(worker_main(a.worker, a.model))
+    sys.exit("run `ibert-ref bench` (this module's __main__ is the benchmark worker)")
