@@ -147,30 +147,6 @@ class IBertRefSystem:
         return self.model(ids, attention_mask=mask)
 
 
-class TransformersSystem:
-    """transformers' I-BERT (quant_mode as asked), torch float32 on CPU, no grad."""
-
-    def __init__(self, model_path, quant_mode):
-        try:
-            import torch
-            import transformers
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("transformers systems need the verify extra: pip install 'ibert-ref[verify]'") from exc
-        self.torch = torch
-        torch.set_grad_enabled(False)
-        self.model = transformers.IBertModel.from_pretrained(str(model_path), quant_mode=quant_mode).eval()
-        self.config = self.model.config.to_dict()
-
-    def weight_bytes(self):
-        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        buffers = sum(b.numel() * b.element_size() for b in self.model.buffers())
-        return {"resident": params + buffers, "parameters": params}
-
-    def forward(self, ids, mask):
-        t = self.torch
-        return self.model(input_ids=t.from_numpy(ids), attention_mask=t.from_numpy(mask))
-
-
 def make_inputs(batch, seq, vocab, seed=0):
     """The benchmark's inputs: random ids in [5, vocab) (no special tokens), no padding."""
     rng = np.random.default_rng([seed, batch, seq])
@@ -186,6 +162,8 @@ def worker_main(system, model_path) -> int:
     rss0 = rss_bytes()
     t0 = time.perf_counter()
     if system.startswith("tf-"):
+        from ..oracle.bench_system import TransformersSystem  # torch lives in the oracle package
+
         sysobj = TransformersSystem(model_path, quant_mode=(system == "tf-quant"))
     else:
         sysobj = IBertRefSystem(model_path, system)
@@ -456,6 +434,14 @@ def run(args) -> int:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ValueError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    if any(s.startswith("tf-") for s in systems):
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+            raise ImportError(
+                "the tf-quant / tf-fp32 systems need the verify extra (pip install 'ibert-ref[verify]'); "
+                "or pass --systems exact,transformers"
+            )
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     shapes = [parse_shape(s) for s in args.shapes.split(",") if s.strip()]
