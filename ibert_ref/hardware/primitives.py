@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..intops import shift_round
+
 __all__ = [
     # width helpers
     "wrap",
@@ -210,20 +212,18 @@ def _split_pow2(x_i64: np.ndarray, s_i64: np.ndarray):
     return x_i64 >> s_i64, x_i64 & mask, half
 
 
+# The rounding shifts are the core's (ibert_ref.intops.shift_round): one implementation of
+# each rounding rule, exact over the whole int64 range.
 def _round_half_up_i64(x_i64, s_i64):
-    q, r, half = _split_pow2(x_i64, s_i64)
-    return q + (r >= half)
+    return shift_round(x_i64, s_i64, "half_up")
 
 
 def _round_half_away_i64(x_i64, s_i64):
-    q, r, half = _split_pow2(x_i64, s_i64)
-    # The value is q + r/2^s; on a tie it is q + 1/2, which is positive exactly when q >= 0.
-    return q + ((r > half) | ((r == half) & (q >= 0)))
+    return shift_round(x_i64, s_i64, "half_away")
 
 
 def _round_half_even_i64(x_i64, s_i64):
-    q, r, half = _split_pow2(x_i64, s_i64)
-    return q + ((r > half) | ((r == half) & ((q & 1) == 1)))
+    return shift_round(x_i64, s_i64, "half_even")
 
 
 def _trunc_i64(x_i64, s_i64):
