@@ -319,7 +319,9 @@ class ExactDatapath(Datapath):
       near-ties when it is not, else single int64 products
       (:func:`~ibert_ref.intops.mul_shift_round_fast`); the softmax exponent shift through a
       table over its 31 possible values;
-    * a float square root corrected by one exact integer step.
+    * a float square root corrected by one exact integer step;
+    * IntGELU through :meth:`variant_kernel`: the kernel's own int64 operations, in place,
+      row block by row block (cache-resident), :meth:`_int_gelu_blocked`.
 
     Weights stay resident as int8 (converted to float32 per GEMM, never cached).
     """
@@ -420,6 +422,68 @@ class ExactDatapath(Datapath):
             raise OverflowError("softmax exp requantization shift went negative")
         e16 = self._mul_shift_round(z, dy_exact.m, shift, "half_even")
         return intops.clamp_signed(e16, bits)
+
+    def variant_kernel(self, name: str):
+        """Fast path only: IntGELU fused over row blocks (:meth:`_int_gelu_blocked`, the same
+        integers as :func:`~ibert_ref.kernels.int_gelu`). None while a width census collects
+        (the kernel's own code then reports its intermediates) and on the reference path."""
+        if name == "int_gelu" and self.fast and self.oplog is None:
+            return self._int_gelu_blocked
+        return None
+
+    @staticmethod
+    def _int_gelu_blocked(dp, x, p):
+        """:func:`~ibert_ref.kernels.int_gelu`, the same int64 operations in the same order,
+        run row block by row block (about ``intops.BLOCK_ELEMS`` elements, cache-resident),
+        each block computed in place in the result (:meth:`_int_gelu_block`):
+
+        ``a = min(|x|, -b) + b``, ``a = a * a + c`` (erf_poly), ``a = a * sign(x)``,
+        ``a = floor(a / 2^14)`` (arithmetic shift), ``out = x * (a + one)`` — int64 with
+        NumPy's wrapping, exactly as the kernel. Inputs that are not int64, empty, or with
+        constants that are not int64 scalars / per-channel vectors take the kernel's own
+        formula unblocked (:meth:`_int_gelu_plain`).
+        """
+        x_int = np.asarray(x.data)
+        consts = [np.asarray(v) for v in (p.b_int, p.c_int, p.one)]
+        plain = x_int.dtype != I64 or x_int.ndim == 0 or x_int.size == 0
+        for v in consts:
+            per_channel = v.ndim <= x_int.ndim and all(d == 1 for d in v.shape[:-1])
+            if v.dtype != I64 or not (v.ndim == 0 or (per_channel and v.shape[-1] in (1, x_int.shape[-1]))):
+                plain = True
+        if plain:
+            return ExactDatapath._int_gelu_plain(dp, x_int, p)
+        cols = x_int.shape[-1]
+        b, c, one = (v.reshape(v.shape[-1:]) if v.ndim else v for v in consts)
+        x_rows = np.ascontiguousarray(x_int).reshape(-1, cols)
+        product = np.empty(x_rows.shape, dtype=I64)
+        step = max(1, intops.BLOCK_ELEMS // cols)
+        for r0 in range(0, x_rows.shape[0], step):
+            ExactDatapath._int_gelu_block(x_rows[r0 : r0 + step], -b, b, c, one, product[r0 : r0 + step])
+        return dp.emit(product.reshape(x_int.shape), p.out_scale)
+
+    @staticmethod
+    def _int_gelu_block(x_i64, neg_b, b, c, one, out):
+        """One row block of :meth:`_int_gelu_blocked`, written into ``out`` (int64):
+        ``out = x * (floor(sign(x) * ((min(|x|, -b) + b)^2 + c) / 2^14) + one)``."""
+        a = np.abs(x_i64, out=out)
+        np.minimum(a, neg_b, out=a)
+        a += b
+        a *= a
+        a += c
+        a *= np.sign(x_i64)
+        a >>= 14
+        a += one
+        a *= x_i64
+        return a
+
+    @staticmethod
+    def _int_gelu_plain(dp, x_int, p):
+        """The kernel's formula as written in :func:`~ibert_ref.kernels.int_gelu` (whole arrays)."""
+        sign = np.sign(x_int)
+        clipped = np.minimum(np.abs(x_int), -p.b_int)
+        erf_poly = (clipped + p.b_int) ** 2 + p.c_int
+        erf_q = dp.floor_div_pow2(sign * erf_poly, 14)
+        return dp.emit(x_int * (erf_q + p.one), p.out_scale)
 
     @staticmethod
     def _exp_requantize_f64(z, q, dy, bits):

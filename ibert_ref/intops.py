@@ -215,8 +215,11 @@ def rint_f64_to_i64(x_f64: np.ndarray) -> np.ndarray:
 BLOCK_ELEMS = 1 << 17
 
 
-def blockwise(kernel, shape, operands, dtype=I64):
+def blockwise(kernel, shape, operands, dtype=I64, into=False):
     """``kernel(*operands)``, evaluated over row blocks of the broadcast result ``shape``.
+
+    ``into=True``: ``kernel`` also takes ``out=`` (a C-contiguous ``dtype`` block of the
+    result, or None) and writes its block there, saving one copy per block.
 
     Each operand either has exactly ``shape`` and is C-contiguous (cut into the same rows as
     the result) or broadcasts along the last axis only (``()``, ``(1,)``, ``(C,)``,
@@ -242,7 +245,11 @@ def blockwise(kernel, shape, operands, dtype=I64):
     step = max(1, BLOCK_ELEMS // cols)
     for r0 in range(0, rows, step):
         r1 = min(r0 + step, rows)
-        out[r0:r1] = kernel(*[v[r0:r1] if cut else v for cut, v in views])
+        blocks = [v[r0:r1] if cut else v for cut, v in views]
+        if into:
+            kernel(*blocks, out=out[r0:r1])
+        else:
+            out[r0:r1] = kernel(*blocks)
     return out.reshape(shape)
 
 
@@ -317,18 +324,22 @@ def _dyadic_f64(m_i64, e_i64):
     return np.ldexp(m_i64.astype(np.float64), -e_i64.astype(np.int32))
 
 
-def _mul_shift_round_f64(z_i64, m_i64, e_i64, rounding):
+def _mul_shift_round_f64(z_i64, m_i64, e_i64, rounding, out=None):
     """Tier 0: ``|z * m| < 2^53`` and ``|z * m / 2^e| < 2^51``. ``d = m * 2^-e`` is exact in
     float64 and so is ``z * d`` (its significand ``z * m`` has at most 53 bits); round half
-    to even with :func:`rint_f64_to_i64`, or ``floor``."""
-    x_f64 = np.multiply(z_i64, _dyadic_f64(m_i64, e_i64), dtype=np.float64)
+    to even with :func:`rint_f64_to_i64`, or ``floor``. ``out``: an int64 array of the
+    result's shape (not overlapping ``z``) that ``half_even`` computes in (its float64 view)."""
     if rounding == "half_even":
+        x_f64 = np.multiply(
+            z_i64, _dyadic_f64(m_i64, e_i64), dtype=np.float64, out=None if out is None else out.view(np.float64)
+        )
         return rint_f64_to_i64(x_f64)
+    x_f64 = np.multiply(z_i64, _dyadic_f64(m_i64, e_i64), dtype=np.float64)
     np.floor(x_f64, out=x_f64)
     return x_f64.astype(I64)
 
 
-def _mul_shift_round_f64_repaired(z_i64, m_i64, e_i64, eps):
+def _mul_shift_round_f64_repaired(z_i64, m_i64, e_i64, eps, out=None):
     """Tier F, round half to even: float64 with an exact repair of near-ties.
 
     ``|z| <= 2^53`` (exact in float64), ``v = z * m / 2^e`` with ``|v| < 2^50``. ``y = z * d``
@@ -338,7 +349,7 @@ def _mul_shift_round_f64_repaired(z_i64, m_i64, e_i64, eps):
     spread-out data — are recomputed with the exact reference :func:`mul_shift_round`.
     """
     y_f64 = np.multiply(z_i64, _dyadic_f64(m_i64, e_i64), dtype=np.float64)
-    w_f64 = y_f64 + ROUND_MAGIC_F64  # rint(y) + 1.5 * 2^52, exact
+    w_f64 = np.add(y_f64, ROUND_MAGIC_F64, out=None if out is None else out.view(np.float64))  # rint(y) + 1.5 * 2^52
     y_f64 -= w_f64 - ROUND_MAGIC_F64  # y - rint(y), exact
     np.abs(y_f64, out=y_f64)
     near = y_f64 >= 0.5 - eps
@@ -390,11 +401,28 @@ def mul_shift_round_fast(z_i64, m_i64, e_i64, rounding: str = "half_even") -> np
         z_i64 = np.ascontiguousarray(np.broadcast_to(z_i64, shape))
     if e_i64.shape != shape and not (e_i64.ndim <= 1 or all(d == 1 for d in e_i64.shape[:-1])):
         e_i64 = np.ascontiguousarray(np.broadcast_to(e_i64, shape))
-    return blockwise(lambda z, m, e: _mul_shift_round_block(z, m, e, rounding, m_bound), shape, (z_i64, m_i64, e_i64))
+    return blockwise(
+        lambda z, m, e, out=None: _mul_shift_round_block(z, m, e, rounding, m_bound, out),
+        shape,
+        (z_i64, m_i64, e_i64),
+        into=True,
+    )
 
 
-def _mul_shift_round_block(z_i64, m_i64, e_i64, rounding, m_bound):
-    """One block of :func:`mul_shift_round_fast`: pick the tier from this block's ranges."""
+def _mul_shift_round_block(z_i64, m_i64, e_i64, rounding, m_bound, out=None):
+    """One block of :func:`mul_shift_round_fast`: pick the tier from this block's ranges.
+    ``out`` (None, or an int64 block of the result's shape, not overlapping the operands)
+    receives the result; the float64 tiers compute in it directly."""
+    if out is None:
+        return _mul_shift_round_tiers(z_i64, m_i64, e_i64, rounding, m_bound, None)
+    res = _mul_shift_round_tiers(z_i64, m_i64, e_i64, rounding, m_bound, out)
+    if res is not out:
+        out[...] = res
+    return out
+
+
+def _mul_shift_round_tiers(z_i64, m_i64, e_i64, rounding, m_bound, out):
+    """The tier choice of :func:`_mul_shift_round_block`."""
     z_bound = abs_bound(z_i64)
     if z_bound >= SATURATION_I64:
         raise OverflowError("mul_shift_round needs |z| < 2^62")
@@ -402,10 +430,10 @@ def _mul_shift_round_block(z_i64, m_i64, e_i64, rounding, m_bound):
     product = z_bound * m_bound  # bounds |z * m|; |z * m / 2^e| <= product / 2^e_lo
     if e_hi <= 1000 and rounding in ("half_even", "floor"):
         if product < F64_EXACT_INT and product < ROUND_MAGIC_LIMIT << e_lo:
-            return _mul_shift_round_f64(z_i64, m_i64, e_i64, rounding)
+            return _mul_shift_round_f64(z_i64, m_i64, e_i64, rounding, out)
         if rounding == "half_even" and z_bound <= F64_EXACT_INT and product < (ROUND_MAGIC_LIMIT >> 1) << e_lo:
             eps = float(product) * 2.0 ** -(e_lo + 52)  # >= 2^-53 * max|v|, < 1/4
-            return _mul_shift_round_f64_repaired(z_i64, m_i64, e_i64, eps)
+            return _mul_shift_round_f64_repaired(z_i64, m_i64, e_i64, eps, out)
     if z_bound <= FAST_Z_TIER1 and e_lo >= 1 and e_hi <= 62:
         return _mul_shift_round_tier1(z_i64, m_i64, e_i64, rounding)
     if z_bound < FAST_Z_TIER2 and e_lo >= _M_SPLIT + 1 and e_hi <= 78:
@@ -461,7 +489,10 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
     * else the int64 reference :func:`matmul_exact_reference`.
 
     The float result (plus ``add``, exact below 2^51) becomes int64 through
-    :func:`rint_f64_to_i64` (an integer-valued float is its own rint).
+    :func:`rint_f64_to_i64` (an integer-valued float is its own rint). In the one-GEMM case
+    with ``K * P + max|add| <= 2^24`` (int8 QuantLinear, K = 768, an int32 bias below ~2^22)
+    ``add`` is summed in float32 and the sum cast to int64 in one pass
+    (:func:`_float32_acc_to_i64`): every value on the way is an integer of at most 2^24.
     """
     a_int, b_int = np.asarray(a_int), np.asarray(b_int)
     k = a_int.shape[-1]
@@ -472,6 +503,10 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
         return _matmul_exact_slow(a_int, b_int, add_int, k * per_term)
     if k_chunk >= k:
         acc = np.matmul(a_int.astype(np.float32), b_int.astype(np.float32))
+        if k * per_term + add_bound <= F32_EXACT_INT:
+            fused = _float32_acc_to_i64(acc, add_int)
+            if fused is not None:
+                return fused
     elif k_chunk >= 64:
         a_f32, b_f32 = a_int.astype(np.float32), b_int.astype(np.float32)
         acc = np.matmul(a_f32[..., :k_chunk], b_f32[..., :k_chunk, :]).astype(np.float64)
@@ -484,6 +519,22 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
     if acc.shape != shape:
         acc = np.broadcast_to(acc, shape)
     return blockwise(_float_acc_to_i64, shape, (acc, offset))
+
+
+def _float32_acc_to_i64(acc_f32, add_int):
+    """``int64(acc + add)`` in one cast pass, for an integer-valued float32 ``acc`` and an
+    integer ``add`` with ``|acc| + |add| <= 2^24`` (caller-checked): ``add`` is exact in
+    float32, so is the sum (an integer of magnitude <= 2^24), and its conversion to int64.
+    None when ``add`` would broadcast ``acc`` to a larger shape (the caller's general path)."""
+    out = np.empty(acc_f32.shape, dtype=I64)
+    if add_int is None:
+        np.copyto(out, acc_f32, casting="unsafe")
+        return out
+    add_f32 = np.asarray(add_int).astype(np.float32)
+    if np.broadcast_shapes(acc_f32.shape, add_f32.shape) != acc_f32.shape:
+        return None
+    np.add(acc_f32, add_f32, out=out, dtype=np.float32, casting="unsafe")
+    return out
 
 
 def _float_acc_to_i64(acc, offset_f64):

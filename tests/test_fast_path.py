@@ -153,6 +153,28 @@ def test_fast_msr_equals_reference_on_arrays(bits, e, signed_m, rounding, seed):
     assert_same(intops.mul_shift_round_fast(z, m, e_c, rounding), intops.mul_shift_round(z, m, e_c, rounding))
 
 
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+def test_fast_msr_blocked_schedule_mixes_tiers_and_writes_in_place(rounding):
+    """An array past ``2 * BLOCK_ELEMS`` runs block by block, each block written in place
+    into the result; rows of different widths make neighbouring blocks take different tiers
+    (float64 tier 0, tier F with repairs, int64 tiers, limbs). Same integers as the reference."""
+    rng = np.random.default_rng(7)
+    cols = 512
+    rows_per_block = intops.BLOCK_ELEMS // cols
+    widths = [8, 40, 20, 46, 61, 24]  # one width per block
+    z = np.concatenate(
+        [rng.integers(-(1 << w), 1 << w, size=(rows_per_block, cols), dtype=np.int64) for w in widths]
+    )
+    z[:rows_per_block:7] = (rng.integers(-(1 << 20), 1 << 20, size=cols) * 2 + 1) << 2  # ties at e = 3
+    m = rng.integers(1 << 30, (1 << 31) + 1, size=cols, dtype=np.int64)
+    m[::3] = 1 << 29
+    m[1::3] *= -1
+    for e in (3, 33, 45):
+        e_c = np.full(cols, e, dtype=np.int64)
+        e_c[::5] += 1
+        assert_same(intops.mul_shift_round_fast(z, m, e_c, rounding), intops.mul_shift_round(z, m, e_c, rounding))
+
+
 def test_fast_msr_per_element_shift_like_softmax():
     """exp_requantize's shape: z (B, nh, T, T) up to ~2^40, one m, one shift per element."""
     rng = np.random.default_rng(1)
@@ -243,6 +265,32 @@ def test_matmul_exact_with_bias_equals_int64(k, add_bits):
     assert_same(intops.matmul_exact(a, b, add_int=bias), intops.matmul_exact_reference(a, b) + bias)
 
 
+@pytest.mark.parametrize("k, add_bits", [(16, 8), (768, 20), (1000, 18), (1024, 1)])
+def test_matmul_exact_small_bias_fused_in_float32(k, add_bits):
+    """One float32 GEMM with a bias small enough that ``acc + bias`` is added in float32 and
+    cast to int64 in one pass (``K * P + max|bias| <= 2^24``); extreme rows reach the bound."""
+    rng = np.random.default_rng(k)
+    a = rng.integers(-128, 128, size=(2, 4, k), dtype=np.int64)
+    a[0, 0, :], a[0, 1, :] = -128, 127
+    b = rng.integers(-128, 128, size=(6, k)).astype(np.int8).T
+    b[:, 0] = -128
+    limit = (1 << 24) - k * 128 * 128  # the largest |bias| the fused path takes
+    bias = rng.integers(-(1 << add_bits), 1 << add_bits, size=6, dtype=np.int64)
+    if limit > 0:
+        bias[0], bias[1] = limit, -limit  # sum exactly 2^24 at the extreme row
+    ref = intops.matmul_exact_reference(a, b) + bias
+    assert_same(intops.matmul_exact(a, b, add_int=bias), ref)
+    assert_same(intops.matmul_exact(a, b, add_int=bias.reshape(1, 6)), ref)  # broadcast bias
+    # an add that widens the result's shape takes the general path, same integers
+    wide = rng.integers(-100, 100, size=(3, 1, 1, 6), dtype=np.int64)
+    assert_same(intops.matmul_exact(a, b, add_int=wide), intops.matmul_exact_reference(a, b) + wide)
+    # a bias one past the float32 limit takes the float64 path, same integers
+    if limit > 0:
+        over = bias.copy()
+        over[0] = limit + 1
+        assert_same(intops.matmul_exact(a, b, add_int=over), intops.matmul_exact_reference(a, b) + over)
+
+
 def test_matmul_chunks_are_needed():
     """One float32 GEMM over K = 3072 int8 terms is *not* exact: the chunking is what makes it so."""
     rng = np.random.default_rng(0)
@@ -324,6 +372,50 @@ def test_datapath_exp_requantize_and_sqrt(seed, z_bits, e):
     assert_same(FAST_DP.exp_requantize(*args), REF_DP.exp_requantize(*args))
     v = rng.integers(0, 1 << int(rng.integers(1, 62)), size=(2, 4, 1), dtype=np.int64)
     assert_same(FAST_DP.floor_sqrt(v), REF_DP.floor_sqrt(v))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    x_bits=st.sampled_from([4, 9, 22, 31]),
+    per_channel=st.booleans(),
+    rows=st.sampled_from([3, 200]),  # 200 x 1400 > 2 * BLOCK_ELEMS: the blocked schedule
+)
+def test_int_gelu_blocked_variant_equals_kernel(seed, x_bits, per_channel, rows):
+    """IntGELU: the fast path's fused, blocked variant gives the kernel's own integers."""
+    from ibert_ref import kernels
+
+    rng = np.random.default_rng(seed)
+    c = 1400
+    x_i64 = rng.integers(-(1 << x_bits), 1 << x_bits, size=(rows, c), dtype=np.int64)
+    x_i64[0, :3] = [0, -(1 << x_bits), (1 << x_bits) - 1]  # zero and both extremes
+    n = c if per_channel else 1
+    b_int = -rng.integers(1, 1 << 15, size=n, dtype=np.int64)
+    p = kernels.GeluParams(
+        b_int=b_int,
+        c_int=-rng.integers(1, 1 << 30, size=n, dtype=np.int64),
+        one=-rng.integers(1, 1 << 28, size=n, dtype=np.int64),
+        out_scale=np.float32([-1e-6]),
+    )
+    x_i64[1, :n] = -b_int  # at the clip point, and one past it
+    x_i64[2, :n] = -b_int + 1
+    x = QTensor(x_i64, np.float32([1e-3]))
+    assert FAST_DP.variant_kernel("int_gelu") is not None and REF_DP.variant_kernel("int_gelu") is None
+    fast, ref = kernels.int_gelu(FAST_DP, x, p), kernels.int_gelu(REF_DP, x, p)
+    assert_same(fast.data, ref.data)
+    np.testing.assert_array_equal(fast.scale, ref.scale)
+    # inputs the variant does not take (int32 data, 2-D constants) go through the kernel itself
+    x32 = QTensor(x_i64[:2].astype(np.int32) >> 8, x.scale)
+    np.testing.assert_array_equal(kernels.int_gelu(FAST_DP, x32, p).data, kernels.int_gelu(REF_DP, x32, p).data)
+    p2 = kernels.GeluParams(np.tile(p.b_int, (rows, 1)), p.c_int, p.one, p.out_scale)
+    assert_same(kernels.int_gelu(FAST_DP, x, p2).data, ref.data)
+
+
+def test_int_gelu_variant_steps_aside_for_a_width_census():
+    dp = ExactDatapath()
+    dp.oplog = object()  # any census: the kernel's own code must run (it reports intermediates)
+    assert dp.variant_kernel("int_gelu") is None
+    assert ExactDatapath().variant_kernel("int_exp") is None
 
 
 # ---------------------------------------------------------------------------------------
