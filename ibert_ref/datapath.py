@@ -20,6 +20,7 @@ A value between ops is a :class:`QTensor` (``data`` + ``scale``): ``data`` is th
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -303,6 +304,11 @@ class Datapath:
         """A replacement for kernel ``name`` (e.g. an int32-realizable IntGELU), or None."""
         return None
 
+    def row_runner(self, name: str):
+        """How to run the row-local kernel ``name`` (:func:`~ibert_ref.kernels.row_local`):
+        None to call it once on the whole arrays, else ``runner(kernel, args, kwargs)``."""
+        return None
+
 
 class ExactDatapath(Datapath):
     """Exact integers (int64 arrays), true scales.
@@ -323,7 +329,11 @@ class ExactDatapath(Datapath):
     * IntGELU through :meth:`variant_kernel`: the kernel's own int64 operations, in place,
       row block by row block (cache-resident), :meth:`_int_gelu_blocked`.
 
-    Weights stay resident as int8 (converted to float32 per GEMM, never cached).
+    Weights stay resident as int8 (converted to float32 per GEMM, never cached). On the fast
+    path a clamped result is held in the narrowest type of its width (``narrow``: int8 for
+    an 8-bit QuantAct, int16, int32 for the 22-bit one) instead of int64: less memory
+    traffic, and GEMM operands whose bound is read from the type. Every kernel widens before
+    its arithmetic (products and sums of the datapath's arrays are int64).
     """
 
     name = "exact"
@@ -331,6 +341,8 @@ class ExactDatapath(Datapath):
 
     def __init__(self, fast: bool = True):
         self.fast = bool(fast)
+        #: hold clamped results as int8/int16/int32 (fast path); int64 everywhere otherwise
+        self.narrow = self.fast
         self._mul_shift_round = intops.mul_shift_round_fast if self.fast else intops.mul_shift_round
         self._matmul = intops.matmul_exact if self.fast else intops.matmul_exact_reference
         self._isqrt = intops.isqrt_floor_fast if self.fast else intops.isqrt_floor
@@ -345,7 +357,10 @@ class ExactDatapath(Datapath):
         return np.asarray(w_f32).astype(np.int8)
 
     def emit(self, w, scale_f32):
-        return QTensor(np.asarray(w, dtype=I64), np.asarray(scale_f32, dtype=F32))
+        w = np.asarray(w)
+        if not (self.narrow and w.dtype in _NARROW_INTS):
+            w = w.astype(I64, copy=False)
+        return QTensor(w, np.asarray(scale_f32, dtype=F32))
 
     def recover(self, t):
         return t.data
@@ -362,6 +377,8 @@ class ExactDatapath(Datapath):
         return self._mul_shift_round(z, dy.m, dy.e, "half_even")
 
     def clamp_bits(self, w, bits):
+        if self.narrow and bits <= 32:
+            return intops.clamp_signed_narrow(w, bits)
         return intops.clamp_signed(w, bits)
 
     def floor_div(self, x, d):
@@ -422,6 +439,18 @@ class ExactDatapath(Datapath):
             raise OverflowError("softmax exp requantization shift went negative")
         e16 = self._mul_shift_round(z, dy_exact.m, shift, "half_even")
         return intops.clamp_signed(e16, bits)
+
+    def row_runner(self, name: str):
+        """Fast path only: row-local kernels run on row blocks of about
+        ``intops.BLOCK_ELEMS`` elements, on ``intops.get_num_threads()`` threads
+        (:func:`run_row_blocks`). None while a census collects (ops are reported whole) and on
+        the reference path."""
+        if self.fast and self.oplog is None:
+            return self._run_row_blocks
+        return None
+
+    def _run_row_blocks(self, kernel, args, kwargs):
+        return run_row_blocks(self, kernel, args, kwargs)
 
     def variant_kernel(self, name: str):
         """Fast path only: IntGELU fused over row blocks (:meth:`_int_gelu_blocked`, the same
@@ -517,6 +546,81 @@ class ExactDatapath(Datapath):
             return np.clip(e16, lo, hi, out=e16)
 
         return intops.blockwise(kernel, z.shape, (np.ascontiguousarray(z), np.ascontiguousarray(q)))
+
+
+_NARROW_INTS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
+
+
+def _row_data(v):
+    """The array a row-local kernel's argument ``v`` contributes rows from, or None."""
+    data = v.data if isinstance(v, QTensor) else v if isinstance(v, np.ndarray) else None
+    return data if data is not None and data.ndim >= 2 else None
+
+
+def _same_for_every_row(v, depth: int = 0) -> bool:
+    """True if ``v`` (a parameter, scale or dataclass of them) holds no array with rows:
+    every array it holds is a scalar or per-channel (all axes but the last of length 1)."""
+    if isinstance(v, np.ndarray):
+        return v.ndim <= 1 or all(d == 1 for d in v.shape[:-1])
+    if depth < 3 and hasattr(v, "__dataclass_fields__"):
+        return all(_same_for_every_row(getattr(v, f), depth + 1) for f in v.__dataclass_fields__)
+    return True
+
+
+def run_row_blocks(dp, kernel, args, kwargs):
+    """``kernel(dp, *args, **kwargs)`` for a row-local kernel, computed on row blocks.
+
+    Every argument that is an array (or a :class:`QTensor`'s data) of 2 or more dimensions
+    is cut into the same blocks of rows (all leading axes flattened; they must agree), each
+    block of about ``intops.BLOCK_ELEMS`` elements; other arguments (parameters, per-tensor
+    or per-channel scales: checked, :func:`_same_for_every_row`) go whole to every block. Blocks run on
+    :func:`~ibert_ref.intops.run_blocks` and write their rows of the result. Row-locality
+    makes this the same integers as one whole call; small inputs, or arguments that do not
+    fit the pattern (a scale with rows, disagreeing leading axes), take the whole call.
+    """
+    items = list(enumerate(args)) + list(kwargs.items())
+    datas = {key: d for key, d in ((key, _row_data(v)) for key, v in items) if d is not None}
+    whole = lambda: kernel(dp, *args, **kwargs)  # noqa: E731
+    if not datas:
+        return whole()
+    lead = next(iter(datas.values())).shape[:-1]
+    rows = int(np.prod(lead))
+    cols = max(d.shape[-1] for d in datas.values())
+    step = intops.block_rows(rows * cols, cols)
+    if step is None or any(d.shape[:-1] != lead for d in datas.values()):
+        return whole()
+    if not all(_same_for_every_row(v if key not in datas else v.scale if isinstance(v, QTensor) else None)
+               for key, v in items):
+        return whole()
+    flat = {key: d.reshape(rows, d.shape[-1]) for key, d in datas.items()}
+    state = {"out": None, "scale": None}
+    lock = threading.Lock()
+
+    def block_arg(key, v, r0, r1):
+        if key not in flat:
+            return v
+        rows_blk = flat[key][r0:r1]
+        return QTensor(rows_blk, v.scale) if isinstance(v, QTensor) else rows_blk
+
+    def one_block(i):
+        r0, r1 = i * step, min((i + 1) * step, rows)
+        blk_args = [block_arg(j, v, r0, r1) for j, v in enumerate(args)]
+        blk_kwargs = {k: block_arg(k, v, r0, r1) for k, v in kwargs.items()}
+        res = kernel(dp, *blk_args, **blk_kwargs)
+        data = np.asarray(res.data)
+        with lock:
+            if state["out"] is None:
+                state["out"] = np.empty((rows, data.shape[-1]), dtype=data.dtype)
+                state["scale"] = res.scale
+            out, scale = state["out"], state["scale"]
+        if data.dtype != out.dtype or data.shape != (r1 - r0, out.shape[1]):
+            raise AssertionError(f"{kernel.__name__}: row block {i} gave {data.dtype}{data.shape}, not row-local")
+        if res.scale is not scale and not np.array_equal(res.scale, scale):
+            raise AssertionError(f"{kernel.__name__}: row block {i} has another output scale")
+        out[r0:r1] = data
+
+    intops.run_blocks(one_block, -(-rows // step))
+    return QTensor(state["out"].reshape(lead + state["out"].shape[1:]), state["scale"])
 
 
 class TransformersDatapath(Datapath):

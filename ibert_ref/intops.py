@@ -7,6 +7,10 @@ IntGELU product times a 31-bit multiplier is 71 bits) are handled with two int64
 
 from __future__ import annotations
 
+import os as _os
+import threading as _threading
+from concurrent.futures import ThreadPoolExecutor as _ThreadPoolExecutor
+
 import numpy as np
 
 I64 = np.int64
@@ -153,6 +157,18 @@ def clamp_signed(x_i64: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(x_i64, -(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
+_NARROW_SIGNED = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
+
+
+def clamp_signed_narrow(x: np.ndarray, bits: int) -> np.ndarray:
+    """:func:`clamp_signed`, returned in the narrowest of int8/int16/int32 holding ``bits``
+    signed bits (one pass: the clip writes the narrow array)."""
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    x = np.asarray(x)
+    out = np.empty(x.shape, dtype=smallest_int_dtype(lo, hi))
+    return np.clip(x, lo, hi, out=out, casting="unsafe")
+
+
 def smallest_int_dtype(lo: int, hi: int):
     """The narrowest of int8/int16/int32/int64 holding [lo, hi]."""
     for dt in (np.int8, np.int16, np.int32):
@@ -215,6 +231,98 @@ def rint_f64_to_i64(x_f64: np.ndarray) -> np.ndarray:
 BLOCK_ELEMS = 1 << 17
 
 
+# ---------------------------------------------------------------------------------------
+# Threads. NumPy releases the GIL inside its array loops, so independent row blocks can run
+# on several cores. Scheduling only: each block is computed by the same code on its own rows
+# and written to its own slice of the result, so the integers never depend on the thread
+# count or on the order in which blocks finish.
+def _default_num_threads() -> int:
+    env = _os.environ.get("IBERT_REF_NUM_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError as exc:
+            raise ValueError(f"IBERT_REF_NUM_THREADS must be a positive integer, got {env!r}") from exc
+        if n < 1:
+            raise ValueError(f"IBERT_REF_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return max(1, len(_os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, _os.cpu_count() or 1)
+
+
+_NUM_THREADS = _default_num_threads()
+_POOL = None
+_POOL_LOCK = _threading.Lock()
+_IN_WORKER = _threading.local()
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for row-block work (elementwise passes, row-local kernels). 1 = serial.
+
+    Default: the CPUs this process may use, or ``IBERT_REF_NUM_THREADS``. Results are the
+    same integers for every value. (The GEMMs use BLAS' own threads.)"""
+    global _NUM_THREADS, _POOL
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads needs n >= 1, got {n}")
+    with _POOL_LOCK:
+        if _POOL is not None and n != _NUM_THREADS:
+            _POOL.shutdown(wait=True)
+            _POOL = None
+        _NUM_THREADS = n
+
+
+def get_num_threads() -> int:
+    """The thread count :func:`run_blocks` uses (see :func:`set_num_threads`)."""
+    return _NUM_THREADS
+
+
+def _pool():
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = _ThreadPoolExecutor(max_workers=_NUM_THREADS, thread_name_prefix="ibert-ref")
+        return _POOL
+
+
+def _run_marked(fn, i):
+    _IN_WORKER.active = True
+    try:
+        return fn(i)
+    finally:
+        _IN_WORKER.active = False
+
+
+def run_blocks(fn, n_blocks: int) -> list:
+    """``[fn(0), ..., fn(n_blocks - 1)]``, on :func:`get_num_threads` threads when there are
+    several blocks (serially inside a worker: no nested pools). ``fn(i)`` must touch only
+    block ``i``'s output. An exception is re-raised for the first failing block in index
+    order, the one a serial run raises."""
+    if n_blocks <= 1 or _NUM_THREADS <= 1 or getattr(_IN_WORKER, "active", False):
+        return [fn(i) for i in range(n_blocks)]
+    futures = [_pool().submit(_run_marked, fn, i) for i in range(n_blocks)]
+    return [f.result() for f in futures]
+
+
+#: Below this many elements an op runs whole unless it is larger than ``2 * BLOCK_ELEMS``
+#: (splitting it over threads would cost more than it saves).
+PARALLEL_MIN_ELEMS = 1 << 15
+
+
+def block_rows(size: int, cols: int):
+    """Rows per block for an op over ``size`` elements in rows of ``cols``, or None to run it
+    whole: blocks of at most ``BLOCK_ELEMS`` elements (cache-resident), and at least one
+    block per thread once the op has ``PARALLEL_MIN_ELEMS`` elements. Scheduling only."""
+    rows = size // max(cols, 1)
+    threads = 1 if getattr(_IN_WORKER, "active", False) else _NUM_THREADS
+    if rows < 2 or (size <= 2 * BLOCK_ELEMS and (threads == 1 or size < PARALLEL_MIN_ELEMS)):
+        return None
+    per_block = min(BLOCK_ELEMS, -(-size // threads))
+    return max(1, per_block // cols)
+
+
 def blockwise(kernel, shape, operands, dtype=I64, into=False):
     """``kernel(*operands)``, evaluated over row blocks of the broadcast result ``shape``.
 
@@ -228,7 +336,7 @@ def blockwise(kernel, shape, operands, dtype=I64, into=False):
     """
     shape = tuple(shape)
     size = int(np.prod(shape)) if shape else 1
-    if size <= 2 * BLOCK_ELEMS or len(shape) < 2 or shape[-1] == 0:
+    if len(shape) < 2 or shape[-1] == 0 or block_rows(size, shape[-1]) is None:
         return kernel(*operands)
     cols = shape[-1]
     rows = size // cols
@@ -242,14 +350,17 @@ def blockwise(kernel, shape, operands, dtype=I64, into=False):
         else:
             return kernel(*operands)
     out = np.empty((rows, cols), dtype=dtype)
-    step = max(1, BLOCK_ELEMS // cols)
-    for r0 in range(0, rows, step):
-        r1 = min(r0 + step, rows)
+    step = block_rows(size, cols)
+
+    def one_block(i):
+        r0, r1 = i * step, min((i + 1) * step, rows)
         blocks = [v[r0:r1] if cut else v for cut, v in views]
         if into:
             kernel(*blocks, out=out[r0:r1])
         else:
             out[r0:r1] = kernel(*blocks)
+
+    run_blocks(one_block, -(-rows // step))
     return out.reshape(shape)
 
 
@@ -383,8 +494,11 @@ def mul_shift_round_fast(z_i64, m_i64, e_i64, rounding: str = "half_even") -> np
     * otherwise the two-limb reference :func:`mul_shift_round` (about 50 passes).
 
     Reading the range per block keeps ``z`` in cache between the range scan and the kernel.
+    ``z`` may be int8/int16/int32 (kept: the products below are int64 or float64).
     """
-    z_i64 = np.asarray(z_i64, dtype=I64)
+    z_i64 = np.asarray(z_i64)
+    if z_i64.dtype not in _NARROW_SIGNED:
+        z_i64 = z_i64.astype(I64, copy=False)
     m_i64 = np.asarray(m_i64, dtype=I64)
     e_i64 = np.asarray(e_i64, dtype=I64)
     if z_i64.size == 0 or m_i64.size == 0 or e_i64.size == 0:
@@ -496,19 +610,23 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
     """
     a_int, b_int = np.asarray(a_int), np.asarray(b_int)
     k = a_int.shape[-1]
+    if a_int.ndim > 2 and b_int.ndim == 2 and (add_int is None or np.ndim(add_int) <= 1):
+        # (B, T, K) x (K, N): one (B*T, K) GEMM, not B of them (BLAS is faster on tall operands)
+        out = matmul_exact(a_int.reshape(-1, k), b_int, add_int)
+        return out.reshape(a_int.shape[:-1] + out.shape[-1:])
     per_term = abs_bound(a_int) * abs_bound(b_int)
     add_bound = 0 if add_int is None else abs_bound(add_int)
     k_chunk = F32_EXACT_INT // per_term if per_term else k
     if k == 0 or per_term == 0 or k * per_term + add_bound >= ROUND_MAGIC_LIMIT:
         return _matmul_exact_slow(a_int, b_int, add_int, k * per_term)
     if k_chunk >= k:
-        acc = np.matmul(a_int.astype(np.float32), b_int.astype(np.float32))
+        acc = np.matmul(to_float32(a_int), b_int.astype(np.float32))
         if k * per_term + add_bound <= F32_EXACT_INT:
             fused = _float32_acc_to_i64(acc, add_int)
             if fused is not None:
                 return fused
     elif k_chunk >= 64:
-        a_f32, b_f32 = a_int.astype(np.float32), b_int.astype(np.float32)
+        a_f32, b_f32 = to_float32(a_int), b_int.astype(np.float32)
         acc = np.matmul(a_f32[..., :k_chunk], b_f32[..., :k_chunk, :]).astype(np.float64)
         for k0 in range(k_chunk, k, k_chunk):
             acc += np.matmul(a_f32[..., k0 : k0 + k_chunk], b_f32[..., k0 : k0 + k_chunk, :])
@@ -521,18 +639,45 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
     return blockwise(_float_acc_to_i64, shape, (acc, offset))
 
 
+def to_float32(x_int: np.ndarray) -> np.ndarray:
+    """``x`` converted to float32 (row blocks on :func:`run_blocks` threads). Exact for the
+    integers :func:`matmul_exact` passes (``|x| <= 2^24``); int8 arrays convert directly."""
+    x_int = np.asarray(x_int)
+    if x_int.dtype == np.float32:
+        return x_int
+    return blockwise(_cast_block, x_int.shape, (x_int,), dtype=np.float32, into=True)
+
+
+def _cast_block(x, out=None):
+    if out is None:
+        return x.astype(np.float32)
+    np.copyto(out, x, casting="unsafe")
+    return out
+
+
 def _float32_acc_to_i64(acc_f32, add_int):
     """``int64(acc + add)`` in one cast pass, for an integer-valued float32 ``acc`` and an
     integer ``add`` with ``|acc| + |add| <= 2^24`` (caller-checked): ``add`` is exact in
     float32, so is the sum (an integer of magnitude <= 2^24), and its conversion to int64.
     None when ``add`` would broadcast ``acc`` to a larger shape (the caller's general path)."""
-    out = np.empty(acc_f32.shape, dtype=I64)
     if add_int is None:
-        np.copyto(out, acc_f32, casting="unsafe")
-        return out
+        return blockwise(_cast_i64_block, acc_f32.shape, (acc_f32,), into=True)
     add_f32 = np.asarray(add_int).astype(np.float32)
     if np.broadcast_shapes(acc_f32.shape, add_f32.shape) != acc_f32.shape:
         return None
+    return blockwise(_add_cast_i64_block, acc_f32.shape, (acc_f32, add_f32), into=True)
+
+
+def _cast_i64_block(acc_f32, out=None):
+    if out is None:
+        out = np.empty(acc_f32.shape, dtype=I64)
+    np.copyto(out, acc_f32, casting="unsafe")
+    return out
+
+
+def _add_cast_i64_block(acc_f32, add_f32, out=None):
+    if out is None:
+        out = np.empty(np.broadcast_shapes(acc_f32.shape, add_f32.shape), dtype=I64)
     np.add(acc_f32, add_f32, out=out, dtype=np.float32, casting="unsafe")
     return out
 

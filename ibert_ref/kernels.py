@@ -12,6 +12,7 @@ Notation: ``q`` an integer, ``s`` its float32 scale (real value ``q * s``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,6 +23,24 @@ from .quant import F32, Dyadic
 
 #: IntSoftmax output scale: probabilities are integers in [0, 256] times 2^-8.
 SOFTMAX_OUT_SCALE_F32 = np.array([1.0 / 256.0], dtype=F32)
+
+
+def row_local(kernel):
+    """Marks a kernel whose output row ``i`` (last axis) depends only on row ``i`` of its
+    array arguments: reductions run along the last axis, constants are per tensor or per
+    channel. A datapath may then run the kernel itself on row blocks
+    (``dp.row_runner(name)``: cache-sized blocks, on several threads); the integers are
+    those of one call on the whole arrays."""
+
+    @functools.wraps(kernel)
+    def run(dp, *args, **kwargs):
+        runner = dp.row_runner(kernel.__name__)
+        if runner is None:
+            return kernel(dp, *args, **kwargs)
+        return runner(kernel, args, kwargs)
+
+    run.row_local = True
+    return run
 
 
 @dataclass
@@ -107,6 +126,7 @@ def quant_embedding(dp: Datapath, p: EmbeddingParams, ids: np.ndarray) -> QTenso
     return dp.emit(p.w[ids], p.scale)
 
 
+@row_local
 def requantize(dp: Datapath, x: QTensor, p: RequantParams, identity: Optional[QTensor] = None) -> QTensor:
     """QuantAct / FixedPointMul: move integers to a new scale, optionally adding a residual.
 
@@ -151,6 +171,7 @@ def _live_keys(mask, shape):
     return np.broadcast_to(np.asarray(mask)[:, None, None, :].astype(bool), shape)
 
 
+@row_local
 def int_exp(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
     """i-exp of the max-subtracted scores, requantized to 16 bits (softmax's ``act``).
 
@@ -173,6 +194,7 @@ def int_exp(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
     return dp.emit(e16, p.act_scale)
 
 
+@row_local
 def softmax_normalize(dp: Datapath, e: QTensor, p: SoftmaxParams) -> QTensor:
     """IntSoftmax's normalisation of the 16-bit exponentials along the last axis:
 
@@ -208,6 +230,7 @@ def int_softmax(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
     return softmax_normalize(dp, int_exp(dp, scores, p), p)
 
 
+@row_local
 def int_gelu(dp: Datapath, x: QTensor, p: GeluParams) -> QTensor:
     """IntGELU (I-BERT Alg. 2): ``GELU(x) ~ x * (erf(x / sqrt 2) + 1) / 2``.
 
@@ -232,6 +255,7 @@ def int_gelu(dp: Datapath, x: QTensor, p: GeluParams) -> QTensor:
     return dp.emit(product, p.out_scale)
 
 
+@row_local
 def int_layernorm(dp: Datapath, x: QTensor, p: LayerNormParams) -> QTensor:
     """IntLayerNorm over the last axis (D channels):
 

@@ -10,6 +10,7 @@ tier/branch, then per datapath method, then on every traced op of a whole model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -357,7 +358,12 @@ def test_datapath_dyadic_round_and_clamp(seed, bits):
     dy = Dyadic(m=rng.integers(-(1 << 31), 1 << 31, size=6, dtype=np.int64), e=rng.integers(0, 70, size=6, dtype=np.int64))
     out_fast, out_ref = FAST_DP.dyadic_round(z, dy), REF_DP.dyadic_round(z, dy)
     assert_same(out_fast, out_ref)
-    assert_same(FAST_DP.clamp_bits(out_fast, 8), REF_DP.clamp_bits(out_ref, 8))
+    for bits, narrow in ((8, np.int8), (16, np.int16), (22, np.int32)):
+        fast_c, ref_c = FAST_DP.clamp_bits(out_fast, bits), REF_DP.clamp_bits(out_ref, bits)
+        assert fast_c.dtype == narrow and ref_c.dtype == np.int64  # the fast path holds the narrow type
+        np.testing.assert_array_equal(fast_c, ref_c)
+        # and computes from it exactly as from int64
+        assert_same(FAST_DP.dyadic_round(fast_c, dy), REF_DP.dyadic_round(ref_c, dy))
 
 
 @FAST
@@ -437,6 +443,99 @@ def test_bundled_model_fast_equals_reference_on_every_op():
     for name in out_ref.trace:
         np.testing.assert_array_equal(out_fast.trace[name], out_ref.trace[name], err_msg=name)
     np.testing.assert_array_equal(out_fast.last_hidden_state_int, out_ref.last_hidden_state_int)
+
+
+@pytest.mark.parametrize("threads, block_elems, parallel_min", [(1, 200, 1 << 15), (2, 200, 1 << 15), (2, 1 << 17, 64)])
+def test_row_blocked_kernels_equal_reference_on_every_op(monkeypatch, threads, block_elems, parallel_min):
+    """Row-local kernels (requantize, int_exp, softmax_normalize, int_gelu, int_layernorm) run
+    on row blocks, on 1 or 2 threads: tiny blocks force many of them (several per tensor, a
+    last one shorter), or one block per thread. Same integers as the reference path at every
+    traced op."""
+    import ibert_ref.datapath as datapath_mod
+
+    calls = []
+    real = datapath_mod.run_row_blocks
+
+    def spy(dp, kernel, args, kwargs):
+        calls.append(kernel.__name__)
+        return real(dp, kernel, args, kwargs)
+
+    monkeypatch.setattr(datapath_mod, "run_row_blocks", spy)
+    monkeypatch.setattr(intops, "BLOCK_ELEMS", block_elems)
+    monkeypatch.setattr(intops, "PARALLEL_MIN_ELEMS", parallel_min)
+    old_threads = intops.get_num_threads()
+    intops.set_num_threads(threads)
+    try:
+        fast = IBertModel.from_pretrained(datapath=ExactDatapath(fast=True))
+        ref = IBertModel.from_pretrained(datapath=ExactDatapath(fast=False))
+        rng = np.random.default_rng(3)
+        ids = rng.integers(5, fast.config["vocab_size"], size=(2, 37))
+        mask = np.ones_like(ids)
+        mask[1, 30:] = 0
+        out_fast = fast(ids, attention_mask=mask, return_trace=True)
+        out_ref = ref(ids, attention_mask=mask, return_trace=True)
+    finally:
+        intops.set_num_threads(old_threads)
+    assert {"requantize", "int_exp", "softmax_normalize", "int_gelu", "int_layernorm"} <= set(calls)
+    for name in out_ref.trace:
+        np.testing.assert_array_equal(out_fast.trace[name], out_ref.trace[name], err_msg=name)
+        assert out_fast.trace[name].dtype == out_ref.trace[name].dtype, name
+
+
+def test_row_blocks_fall_back_to_one_call_and_keep_the_first_error(monkeypatch):
+    """Arguments with rows in a parameter, or disagreeing leading axes, take the whole call;
+    an error raised by a block is the one the serial run raises first."""
+    import ibert_ref.datapath as datapath_mod
+    from ibert_ref import kernels
+
+    monkeypatch.setattr(intops, "BLOCK_ELEMS", 16)
+    seen = []
+
+    def kernel(dp, x, p):
+        seen.append(x.data.shape)
+        if np.any(x.data < 0):
+            raise OverflowError(f"negative in rows starting {int(x.data[0, 0])}")
+        return QTensor(x.data + p, x.scale)
+
+    x = QTensor(np.arange(400, dtype=np.int64).reshape(100, 4), np.float32([1.0]))
+    out = datapath_mod.run_row_blocks(FAST_DP, kernel, (x, np.int64(1)), {})
+    np.testing.assert_array_equal(out.data, x.data + 1)
+    assert len(seen) == 25  # 4 rows per block
+    seen.clear()
+    out = datapath_mod.run_row_blocks(FAST_DP, kernel, (x, np.ones((100, 4), dtype=np.int64)), {})
+    assert len(seen) == 25  # an array argument with the same rows is cut with x
+    np.testing.assert_array_equal(out.data, x.data + 1)
+
+    @dataclasses.dataclass
+    class Params:
+        one: np.ndarray
+
+    seen.clear()
+
+    def kernel_p(dp, x, p):
+        return kernel(dp, x, p.one)
+
+    out = datapath_mod.run_row_blocks(FAST_DP, kernel_p, (x, Params(np.ones((100, 4), dtype=np.int64))), {})
+    assert seen == [(100, 4)]  # a parameter with rows: one whole call
+    np.testing.assert_array_equal(out.data, x.data + 1)
+    seen.clear()
+    datapath_mod.run_row_blocks(FAST_DP, kernel_p, (x, Params(np.ones((1, 4), dtype=np.int64))), {})
+    assert len(seen) == 25  # per-channel: cut
+    bad = QTensor(x.data.copy(), x.scale)
+    bad.data[[40, 80]] *= -1
+    old = intops.get_num_threads()
+    intops.set_num_threads(2)
+    try:
+        with pytest.raises(OverflowError, match="starting -160"):
+            datapath_mod.run_row_blocks(FAST_DP, kernel, (bad, np.int64(0)), {})
+    finally:
+        intops.set_num_threads(old)
+    assert kernels.requantize.row_local and kernels.int_exp.row_local
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(ValueError):
+        intops.set_num_threads(0)
 
 
 def test_exp_requantize_negative_shift_is_an_error_on_both_paths():

@@ -12,6 +12,9 @@ Systems (``--systems``):
 ``transformers``   ibert-ref, transformers datapath (float32 emulation, numpy GEMMs)
 ``tf-quant``       transformers ``IBertModel`` with ``quant_mode=True`` (needs the verify extra)
 ``tf-fp32``        transformers ``IBertModel`` with ``quant_mode=False``: same weights, float32
+``gemm-floor``     only the float32 BLAS GEMMs of one forward (the model's shapes, integer-valued
+                   operands, weights already float32): a lower bound for any exact path whose
+                   GEMMs run on float32 BLAS, as the fast path's do (not in the default set)
 
 Environment: the workers run without ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` unless
 ``--keep-openblas-env`` (a forced core type can pick a slower kernel); the BLAS each worker
@@ -40,6 +43,7 @@ SYSTEMS = {
     "transformers": "ibert-ref transformers datapath",
     "tf-quant": "transformers quant_mode",
     "tf-fp32": "transformers FP32",
+    "gemm-floor": "float32 GEMMs only",
 }
 DEFAULT_SYSTEMS = ("exact", "transformers", "tf-quant", "tf-fp32")
 DEFAULT_SHAPES = ("1x128", "8x128", "1x512")
@@ -147,6 +151,54 @@ class IBertRefSystem:
         return self.model(ids, attention_mask=mask)
 
 
+class GemmFloorSystem:
+    """The float32 GEMMs of one encoder forward and nothing else: per layer Q, K, V, attention
+    output (H x H), intermediate (H -> I), output (I -> H), and the per-head scores and
+    context GEMMs, on integer-valued float32 operands (exact, as in ``intops.matmul_exact``),
+    weights converted once at load. The time any exact path spends in BLAS at least."""
+
+    def __init__(self, model_path):
+        from ..loading import load_checkpoint
+
+        self.config = load_checkpoint(model_path).config
+        c = self.config
+        h, i = int(c["hidden_size"]), int(c["intermediate_size"])
+        rng = np.random.default_rng(0)
+
+        def w(rows, cols):
+            return rng.integers(-127, 127, size=(rows, cols)).astype(np.float32)
+
+        self.layers = [[w(h, h) for _ in range(4)] + [w(i, h), w(h, i)] for _ in range(int(c["num_hidden_layers"]))]
+        self._inputs = {}
+
+    def weight_bytes(self):
+        b = sum(a.nbytes for layer in self.layers for a in layer)
+        return {"resident": b, "parameters": b}
+
+    def _operands(self, batch, seq):
+        key = (batch, seq)
+        if key not in self._inputs:
+            c, rng = self.config, np.random.default_rng(1)
+            h, i, nh = int(c["hidden_size"]), int(c["intermediate_size"]), int(c["num_attention_heads"])
+            self._inputs = {key: (
+                rng.integers(-128, 128, size=(batch * seq, h)).astype(np.float32),
+                rng.integers(-128, 128, size=(batch * seq, i)).astype(np.float32),
+                rng.integers(-128, 128, size=(batch, nh, seq, h // nh)).astype(np.float32),
+                rng.integers(0, 257, size=(batch, nh, seq, seq)).astype(np.float32),
+            )}
+        return self._inputs[key]
+
+    def forward(self, ids, mask):
+        x, x_i, q, p = self._operands(*ids.shape)
+        for wq, wk, wv, wo, w_in, w_out in self.layers:
+            for wt in (wq, wk, wv, wo):
+                np.matmul(x, wt.T)
+            np.matmul(x, w_in.T)
+            np.matmul(x_i, w_out.T)
+            np.matmul(q, q.transpose(0, 1, 3, 2))
+            np.matmul(p, q)
+
+
 def make_inputs(batch, seq, vocab, seed=0):
     """The benchmark's inputs: random ids in [5, vocab) (no special tokens), no padding."""
     rng = np.random.default_rng([seed, batch, seq])
@@ -165,6 +217,8 @@ def worker_main(system, model_path) -> int:
         from ..oracle.bench_system import TransformersSystem  # torch lives in the oracle package
 
         sysobj = TransformersSystem(model_path, quant_mode=(system == "tf-quant"))
+    elif system == "gemm-floor":
+        sysobj = GemmFloorSystem(model_path)
     else:
         sysobj = IBertRefSystem(model_path, system)
     load_s = time.perf_counter() - t0
@@ -183,8 +237,13 @@ def worker_main(system, model_path) -> int:
         "max_positions": int(sysobj.config["max_position_embeddings"]) - int(sysobj.config.get("pad_token_id", 1)) - 1,
         "vocab_size": int(sysobj.config["vocab_size"]),
         "blas": blas_info(),
+        "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
         "pid": os.getpid(),
     }
+    if not system.startswith("tf-"):
+        from ..intops import get_num_threads
+
+        info["ibert_ref_threads"] = get_num_threads()
     if system.startswith("tf-"):
         info["torch_threads"] = sysobj.torch.get_num_threads()
     out.write(json.dumps(info) + "\n")
@@ -345,6 +404,10 @@ def ratios(result):
             r["quant_over_ibert_transformers"] = med["tf-quant"] / med["transformers"]
         if "exact-ref" in med and "exact" in med:
             r["reference_over_fast"] = med["exact-ref"] / med["exact"]
+        if "gemm-floor" in med and "tf-fp32" in med:
+            r["gemm_floor_over_fp32"] = med["gemm-floor"] / med["tf-fp32"]
+        if "gemm-floor" in med and "tf-quant" in med:
+            r["quant_over_gemm_floor"] = med["tf-quant"] / med["gemm-floor"]
         out[key] = r
     systems = result["systems"]
     if "exact" in systems and "tf-fp32" in systems:
@@ -379,6 +442,13 @@ def format_report(result) -> str:
         lines.append(f"| {key} | {f('exact_over_fp32', TARGET_EXACT_OVER_FP32)} | "
                      f"{f('quant_over_exact', TARGET_QUANT_OVER_EXACT, le=False)} | "
                      f"{f('quant_over_ibert_transformers')} |")
+    floors = [(key, r[key]) for key in result["timings"] if "gemm_floor_over_fp32" in r.get(key, {})]
+    if floors:
+        lines += ["", "| batch x seq | float32 GEMMs only / FP32 | quant_mode / float32 GEMMs only "
+                  "(the most any exact float32-BLAS path can reach) |", "|---|---|---|"]
+        for key, rr in floors:
+            q = f"{rr['quant_over_gemm_floor']:.2f}x" if "quant_over_gemm_floor" in rr else "-"
+            lines.append(f"| {key} | {rr['gemm_floor_over_fp32']:.2f}x | {q} |")
     lines += ["", "| system | weights resident (MiB) | RSS after load / trimmed (MiB) | peak RSS loading (MiB) "
               "| peak RSS forwards (MiB) | load (s) |", "|---|---|---|---|---|---|"]
     for s in systems:
@@ -392,10 +462,12 @@ def format_report(result) -> str:
         lines += ["", f"ibert-ref exact weights / FP32 parameters: {v:.3f}x "
                       f"(target <= {TARGET_WEIGHT_BYTES_RATIO}: {'ok' if v <= TARGET_WEIGHT_BYTES_RATIO else 'MISSED'})"]
     m = result["machine"]
-    blas = result["systems"].get("exact", next(iter(result["systems"].values())))["blas"]
+    first = result["systems"].get("exact", next(iter(result["systems"].values())))
+    blas = first["blas"]
     lines += ["", f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; {m['date']}",
               "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
-              f"numpy BLAS: {blas}",
+              f"numpy BLAS: {blas}; OPENBLAS_THREAD_TIMEOUT={first.get('openblas_thread_timeout')}; "
+              f"ibert-ref row-block threads: {first.get('ibert_ref_threads', '-')}",
               f"load average start/end: {m['loadavg_start']} / {m.get('loadavg_end')}; "
               f"repeats {result['repeats']} (median), warmup {result['warmup']}; "
               f"OpenBLAS env removed: {result['openblas_env_removed'] or 'none set'}"]

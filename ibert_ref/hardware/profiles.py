@@ -199,6 +199,7 @@ class HardwareDatapath(ExactDatapath):
         name=None,
     ):
         super().__init__()
+        self.narrow = False  # every value int64, as this datapath's registers are modelled
         if not isinstance(acc_bits, (int, np.integer)) or not 2 <= acc_bits <= 64:
             raise ValueError(f"acc_bits must be an int in [2, 64], got {acc_bits!r}")
         if k_step is not None and (not isinstance(k_step, (int, np.integer)) or k_step < 1):
@@ -544,6 +545,10 @@ class HardwareDatapath(ExactDatapath):
         return super().floor_sqrt(v)
 
     # ---- IntGELU ----------------------------------------------------------------------
+    def row_runner(self, name):
+        """Kernels run whole here: overflow events and census entries are per op."""
+        return None
+
     def variant_kernel(self, name):
         if name == "int_gelu" and self.gelu == "int32":
             return int_gelu_int32
