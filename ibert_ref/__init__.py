@@ -9,20 +9,7 @@
 
 The simulator core imports only NumPy, safetensors, huggingface_hub and tokenizers;
 torch/transformers (the oracle) live in ``ibert_ref.oracle`` and are optional.
-
-Threads: the fast exact path runs row blocks of its elementwise kernels on
-``ibert_ref.intops.get_num_threads()`` threads (``IBERT_REF_NUM_THREADS``,
-``ibert_ref.intops.set_num_threads``; same integers for any count). OpenBLAS' idle workers
-spin for about 2^28 cycles after each GEMM, holding the cores those blocks need; when NumPy
-is first imported after ``ibert_ref``, ``OPENBLAS_THREAD_TIMEOUT`` defaults to 4 (they sleep
-right away) unless it is already set.
 """
-
-import os as _os
-import sys as _sys
-
-if "numpy" not in _sys.modules:
-    _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .datapath import DATAPATHS, ExactDatapath, QTensor, TransformersDatapath, available_datapaths, make_datapath
 from .heads import (

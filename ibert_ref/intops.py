@@ -246,10 +246,7 @@ def _default_num_threads() -> int:
         if n < 1:
             raise ValueError(f"IBERT_REF_NUM_THREADS must be a positive integer, got {env!r}")
         return n
-    try:
-        return max(1, len(_os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, _os.cpu_count() or 1)
+    return 1
 
 
 _NUM_THREADS = _default_num_threads()
@@ -261,8 +258,10 @@ _IN_WORKER = _threading.local()
 def set_num_threads(n: int) -> None:
     """Threads for row-block work (elementwise passes, row-local kernels). 1 = serial.
 
-    Default: the CPUs this process may use, or ``IBERT_REF_NUM_THREADS``. Results are the
-    same integers for every value. (The GEMMs use BLAS' own threads.)"""
+    Default 1, or ``IBERT_REF_NUM_THREADS``. Results are the same integers for every value.
+    (The GEMMs use BLAS' own threads.) On the 2-core benchmark machine 2 threads did not pay
+    (benchmarks/README.md): the kernels are chains of short NumPy passes and the threads
+    contend for the GIL between them; isolated kernels at batch 8 ran 1.2-1.4x faster."""
     global _NUM_THREADS, _POOL
     n = int(n)
     if n < 1:

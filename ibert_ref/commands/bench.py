@@ -297,12 +297,17 @@ class Worker:
 
 
 def worker_env(keep_openblas_env: bool):
+    """The workers' environment: without ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE``, and with
+    ``OPENBLAS_THREAD_TIMEOUT=4`` unless set: OpenBLAS' idle threads then sleep at once instead
+    of spinning for ~0.1 s after each GEMM, which would steal a core from the *next* worker in
+    the round-robin (every system alike; torch's own GEMMs do not use it)."""
     env = dict(os.environ)
     removed = {}
     if not keep_openblas_env:
         for name in OPENBLAS_ENV:
             if name in env:
                 removed[name] = env.pop(name)
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     return env, removed
 
 
