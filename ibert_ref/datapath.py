@@ -408,7 +408,7 @@ class ExactDatapath(Datapath):
     def linear(self, x, w, b):
         # (..., in) x (out, in)^T: int8 x int8 products summed exactly, plus the int32 bias
         if self.fast:
-            return intops.matmul_exact(x, w.T, add_int=b)
+            return intops.matmul_exact(x, w.T, add_int=b, narrow=self.narrow)
         return intops.matmul_exact_reference(x, w.T) + b
 
     def attention_scores(self, q, k, num_heads, mask, score_scale_f32):
@@ -468,13 +468,14 @@ class ExactDatapath(Datapath):
 
         ``a = min(|x|, -b) + b``, ``a = a * a + c`` (erf_poly), ``a = a * sign(x)``,
         ``a = floor(a / 2^14)`` (arithmetic shift), ``out = x * (a + one)`` — int64 with
-        NumPy's wrapping, exactly as the kernel. Inputs that are not int64, empty, or with
-        constants that are not int64 scalars / per-channel vectors take the kernel's own
-        formula unblocked (:meth:`_int_gelu_plain`).
+        NumPy's wrapping, exactly as the kernel (an int8/16/32 ``x`` is widened into the int64
+        result by the first step). Inputs of another type, empty, or with constants that are
+        not int64 scalars / per-channel vectors take the kernel's own formula unblocked
+        (:meth:`_int_gelu_plain`).
         """
         x_int = np.asarray(x.data)
         consts = [np.asarray(v) for v in (p.b_int, p.c_int, p.one)]
-        plain = x_int.dtype != I64 or x_int.ndim == 0 or x_int.size == 0
+        plain = x_int.dtype not in _NARROW_INTS + (np.dtype(I64),) or x_int.ndim == 0 or x_int.size == 0
         for v in consts:
             per_channel = v.ndim <= x_int.ndim and all(d == 1 for d in v.shape[:-1])
             if v.dtype != I64 or not (v.ndim == 0 or (per_channel and v.shape[-1] in (1, x_int.shape[-1]))):
@@ -483,7 +484,7 @@ class ExactDatapath(Datapath):
             return ExactDatapath._int_gelu_plain(dp, x_int, p)
         cols = x_int.shape[-1]
         b, c, one = (v.reshape(v.shape[-1:]) if v.ndim else v for v in consts)
-        x_rows = np.ascontiguousarray(x_int).reshape(-1, cols)
+        x_rows = np.ascontiguousarray(x_int).reshape(-1, cols)  # int8..int64: widened into the int64 result
         product = np.empty(x_rows.shape, dtype=I64)
         step = max(1, intops.BLOCK_ELEMS // cols)
         for r0 in range(0, x_rows.shape[0], step):

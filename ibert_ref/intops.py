@@ -588,7 +588,7 @@ def matmul_exact_reference(a_int: np.ndarray, b_int: np.ndarray) -> np.ndarray:
     return np.matmul(a_int.astype(I64), b_int.astype(I64))
 
 
-def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarray:
+def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None, narrow: bool = False) -> np.ndarray:
     """Exact integer ``a @ b`` (+ ``add``, broadcast: a bias) as int64, on float BLAS.
 
     Let ``P = max|a| * max|b|`` bound every product; any partial sum of ``k`` products
@@ -606,12 +606,13 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
     with ``K * P + max|add| <= 2^24`` (int8 QuantLinear, K = 768, an int32 bias below ~2^22)
     ``add`` is summed in float32 and the sum cast to int64 in one pass
     (:func:`_float32_acc_to_i64`): every value on the way is an integer of at most 2^24.
+    ``narrow=True`` returns that case's result as int32 (it fits), every other case as int64.
     """
     a_int, b_int = np.asarray(a_int), np.asarray(b_int)
     k = a_int.shape[-1]
     if a_int.ndim > 2 and b_int.ndim == 2 and (add_int is None or np.ndim(add_int) <= 1):
         # (B, T, K) x (K, N): one (B*T, K) GEMM, not B of them (BLAS is faster on tall operands)
-        out = matmul_exact(a_int.reshape(-1, k), b_int, add_int)
+        out = matmul_exact(a_int.reshape(-1, k), b_int, add_int, narrow)
         return out.reshape(a_int.shape[:-1] + out.shape[-1:])
     per_term = abs_bound(a_int) * abs_bound(b_int)
     add_bound = 0 if add_int is None else abs_bound(add_int)
@@ -621,7 +622,7 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None) -> np.ndarr
     if k_chunk >= k:
         acc = np.matmul(to_float32(a_int), b_int.astype(np.float32))
         if k * per_term + add_bound <= F32_EXACT_INT:
-            fused = _float32_acc_to_i64(acc, add_int)
+            fused = _float32_acc_to_i64(acc, add_int, np.int32 if narrow else I64)
             if fused is not None:
                 return fused
     elif k_chunk >= 64:
@@ -654,31 +655,37 @@ def _cast_block(x, out=None):
     return out
 
 
-def _float32_acc_to_i64(acc_f32, add_int):
+def _float32_acc_to_i64(acc_f32, add_int, dtype=I64):
     """``int64(acc + add)`` in one cast pass, for an integer-valued float32 ``acc`` and an
     integer ``add`` with ``|acc| + |add| <= 2^24`` (caller-checked): ``add`` is exact in
     float32, so is the sum (an integer of magnitude <= 2^24), and its conversion to int64.
     None when ``add`` would broadcast ``acc`` to a larger shape (the caller's general path)."""
     if add_int is None:
-        return blockwise(_cast_i64_block, acc_f32.shape, (acc_f32,), into=True)
+        return blockwise(_cast_block_to(dtype), acc_f32.shape, (acc_f32,), dtype=dtype, into=True)
     add_f32 = np.asarray(add_int).astype(np.float32)
     if np.broadcast_shapes(acc_f32.shape, add_f32.shape) != acc_f32.shape:
         return None
-    return blockwise(_add_cast_i64_block, acc_f32.shape, (acc_f32, add_f32), into=True)
+    return blockwise(_add_cast_block_to(dtype), acc_f32.shape, (acc_f32, add_f32), dtype=dtype, into=True)
 
 
-def _cast_i64_block(acc_f32, out=None):
-    if out is None:
-        out = np.empty(acc_f32.shape, dtype=I64)
-    np.copyto(out, acc_f32, casting="unsafe")
-    return out
+def _cast_block_to(dtype):
+    def cast(acc_f32, out=None):
+        if out is None:
+            out = np.empty(acc_f32.shape, dtype=dtype)
+        np.copyto(out, acc_f32, casting="unsafe")
+        return out
+
+    return cast
 
 
-def _add_cast_i64_block(acc_f32, add_f32, out=None):
-    if out is None:
-        out = np.empty(np.broadcast_shapes(acc_f32.shape, add_f32.shape), dtype=I64)
-    np.add(acc_f32, add_f32, out=out, dtype=np.float32, casting="unsafe")
-    return out
+def _add_cast_block_to(dtype):
+    def add_cast(acc_f32, add_f32, out=None):
+        if out is None:
+            out = np.empty(np.broadcast_shapes(acc_f32.shape, add_f32.shape), dtype=dtype)
+        np.add(acc_f32, add_f32, out=out, dtype=np.float32, casting="unsafe")
+        return out
+
+    return add_cast
 
 
 def _float_acc_to_i64(acc, offset_f64):
