@@ -47,6 +47,16 @@ The range written is ``(max(min x, -c), min(max x, c))``, so ``max(|x_min|, |x_m
 running min/max over that batch: clipping the softmax's ``exp_int`` would saturate each row's
 largest probability.
 
+``embeddings_act1`` in the whole-set methods: its range is chosen **once, before its first
+call**, from the float32 sums of both calls computed from the dequantized embeddings,
+``x1 = token_type + word`` and ``x2 = position + x1``: ``x_min = min(-1e-5 + min x1, min x2)``,
+``x_max = max(1e-5 + max x1, max x2)``. Both calls then quantize with that one scale. An eval
+forward of the written checkpoint uses that same range for both calls, so the calibration pass
+computes exactly the integers of the deployed model at every QuantAct, and every downstream
+range is chosen on them. (``"ema"`` keeps transformers' train mode: the first call quantizes
+with the range updated from ``x1`` alone, the second with the range updated again from its own
+input.)
+
 ``datapath="transformers"`` (default) reproduces transformers' float32 values, stale layer scale
 included, so the ranges are the ones transformers would compute (bit-identical with
 ``gemm="torch"``, see docs/verification.md); ``datapath="exact"`` observes the exact integer
@@ -496,7 +506,9 @@ class Calibrator:
     maps each 8-bit QuantAct to its :class:`ClipChoice`. ``on_observe(name, values)``, when
     set, is called with the real-token values each searched QuantAct observed;
     ``on_search(name, clips, objectives)`` (``"search"`` only) with the candidates and their
-    scores (for tests and analysis).
+    scores; ``on_output(name, qtensor)`` with the output of every QuantAct call of the pass, in
+    order (``embeddings_act1`` twice: its second call is the one a model trace records) (for
+    tests and analysis).
 
     ``range_method="search"`` (output-aware clipping) chooses each 8-bit QuantAct's clip, in
     forward order, among :func:`search_candidates` (the ``"mse"`` clip first). Each candidate
@@ -548,6 +560,7 @@ class Calibrator:
         self.clip_report: Dict[str, ClipChoice] = {}
         self.on_observe = None
         self.on_search = None
+        self.on_output = None
         self._real_tokens: Optional[np.ndarray] = None
         self._float: Optional[FloatModel] = None  # range_method="search": the reference
         self._float_targets: List[np.ndarray] = []
@@ -676,10 +689,10 @@ class Calibrator:
             short = self._layer_act(name)[1]
             if short is not None:
                 self._layer_state[short] = self._packed(dp.dequantize(out))
-            return out
+            return self._emit_output(name, out)
         scale = self._observe(name, x_act, bits)
         params = requant_params(bits, scale, x.scale, None if identity is None else identity.scale)
-        return K.requantize(dp, x, params, identity=identity)
+        return self._emit_output(name, K.requantize(dp, x, params, identity=identity))
 
     # -- range_method="search" ---------------------------------------------------------
     def _layer_act(self, name: str):
@@ -769,11 +782,47 @@ class Calibrator:
         dp, e = self.dp, "embeddings."
         word = K.quant_embedding(dp, self.word, ids)
         token_type = K.quant_embedding(dp, self.token_type, tt)
-        emb = self._requant(e + "embeddings_act1", word, identity=token_type)
         position = K.quant_embedding(dp, self.position, pos)
-        emb = self._requant(e + "embeddings_act1", emb, identity=position)  # the same module again
+        if self.range_method == "ema":
+            # transformers' train mode: the first call quantizes with the range of its own sum
+            emb = self._requant(e + "embeddings_act1", word, identity=token_type)
+            emb = self._requant(e + "embeddings_act1", emb, identity=position)  # the same module again
+        else:
+            emb = self._embedding_sums(e + "embeddings_act1", word, token_type, position)
         emb = self._layernorm(e + "LayerNorm", emb)
         return self._requant(e + "output_activation", emb)
+
+    def _embedding_sums(self, name, word: QTensor, token_type: QTensor, position: QTensor) -> QTensor:
+        """``embeddings_act1``'s two calls with one range (whole-set methods).
+
+        The range is chosen first, from the float32 sums of both calls computed from the
+        dequantized tables (``q * scale``): ``x1 = token_type + word`` and ``x2 = position + x1``
+        (unquantized; the second call's actual input is ``position + s * q1``). It is running
+        min/max over the two, as for the other 16-bit QuantActs:
+        ``x_min = min(-1e-5 + min x1, min x2)``, ``x_max = max(1e-5 + max x1, max x2)``. Both
+        calls then requantize (FixedPointMul, round half to even, clamp to 16 bits) to the one
+        scale ``s = max(|x_min|, |x_max|) / (2^15 - 1)``: ``q1`` from ``word + token_type``,
+        then ``q2`` from ``s * q1 + position``. These are the integers an eval forward of the
+        written checkpoint computes (its first call uses the final range too); transformers'
+        train mode (``ema``) instead quantizes the first call with the range of ``x1`` alone.
+        """
+        dp, bits = self.dp, EMBEDDING_ACT_BITS
+        sum1_f32 = dp.dequantize(token_type) + dp.dequantize(word)
+        sum2_f32 = dp.dequantize(position) + sum1_f32
+        self.tracker.update(name, sum1_f32)
+        self.tracker.update(name, sum2_f32)
+        scale_f32 = self.tracker.scale(name, bits)
+        params1 = requant_params(bits, scale_f32, word.scale, token_type.scale)
+        emb = self._emit_output(name, K.requantize(dp, word, params1, identity=token_type))
+        params2 = requant_params(bits, scale_f32, emb.scale, position.scale)
+        emb = K.requantize(dp, emb, params2, identity=position)
+        return self._emit_output(name, emb)
+
+    def _emit_output(self, name, out: QTensor) -> QTensor:
+        """Hand a QuantAct call's output to ``on_output`` (when set) and return it."""
+        if self.on_output is not None:
+            self.on_output(name, out)
+        return out
 
     def _softmax(self, pre, scores, score_scale) -> QTensor:
         """IntSoftmax in train mode: the 16-bit QuantAct's range comes from ``exp_int``."""
@@ -784,7 +833,7 @@ class Calibrator:
         act_scale = self._observe(pre + "softmax.act", exp_int_f32, SOFTMAX_ACT_BITS)
         p = softmax_params(dp, score_scale, act_scale)
         e16 = dp.exp_requantize(z, z_q, p.exp_scale, p.dy_tf, p.dy_exact, p.act_bits)
-        return K.softmax_normalize(dp, dp.emit(e16, p.act_scale), p)
+        return K.softmax_normalize(dp, self._emit_output(pre + "softmax.act", dp.emit(e16, p.act_scale)), p)
 
     def _layer(self, i: int, h: QTensor, mask) -> QTensor:
         dp = self.dp

@@ -549,3 +549,35 @@ def test_cli_calibrate_range_search(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "range search" in out and "clips differ from the mse clip" in out
     IBertModel.from_pretrained(tmp_path / "o")
+
+
+@pytest.mark.parametrize("method,datapath", [("minmax", "transformers"), ("percentile", "transformers"),
+                                             ("mse", "transformers"), ("search", "transformers"),
+                                             ("mse", "exact")])
+def test_whole_set_calibration_pass_computes_the_written_models_integers(tmp_path, batches, method, datapath):
+    """The sequential calibration pass chooses each range on exactly the integers the written
+    checkpoint computes in eval: at every QuantAct (embeddings_act1 included, whose two calls
+    share one range chosen before the first), its output equals the trace of
+    ``IBertModel.from_pretrained(out, datapath=<calibration datapath>)`` on the same batch."""
+    from ibert_ref.calibrate import join_batches
+
+    ids, mask = join_batches(batches, 1)
+    result = calibrate_checkpoint(default_model_path(), batches=batches, out=tmp_path / "c", progress=False,
+                                  range_method=method, datapath=datapath)
+    cal = Calibrator(load_checkpoint(default_model_path()), range_method=method, datapath=datapath)
+    outputs, calls = {}, []
+    cal.on_output = lambda name, t: (calls.append(name), outputs.__setitem__(name, cal.dp.integers(t)))
+    cal.step(ids, mask)
+    assert cal.ranges() == result.ranges  # deterministic: this pass is the one that wrote the folder
+    assert calls.count("embeddings.embeddings_act1") == 2  # the last one is the traced (second) call
+
+    trace = IBertModel.from_pretrained(tmp_path / "c", datapath=datapath)(ids, attention_mask=mask,
+                                                                          return_trace=True).trace
+    n = cal.config["num_hidden_layers"]
+    required = {"embeddings.embeddings_act1", "embeddings.output_activation"}
+    required |= {f"encoder.layer.{i}.output.output_activation" for i in range(n)}
+    assert required <= set(outputs)
+    assert len(outputs) == 2 + n * 12  # act1, output_activation; 12 QuantActs per layer (softmax.act included)
+    for name, q in outputs.items():
+        assert name in trace, name
+        np.testing.assert_array_equal(q, trace[name], err_msg=f"{method}/{datapath}: {name}")
