@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -552,6 +553,8 @@ def test_exp_requantize_negative_shift_is_an_error_on_both_paths():
 def test_bench_command_runs_on_the_bundled_model(capsys):
     from ibert_ref.cli import main
 
-    assert main(["bench", "--systems", "exact,transformers", "--shapes", "1x8,2x8", "--repeats", "1", "--warmup", "0"]) == 0
+    assert main(["bench", "--systems", "exact,transformers,gemm-floor", "--shapes", "1x8,2x8", "--repeats", "1",
+                 "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     assert "ibert-ref exact" in out and "| 2x8 |" in out and "weights resident" in out
+    assert "float32 GEMMs only" in out and f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '4')}" in out
