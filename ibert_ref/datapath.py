@@ -327,7 +327,11 @@ class ExactDatapath(Datapath):
       table over its 31 possible values;
     * a float square root corrected by one exact integer step;
     * IntGELU through :meth:`variant_kernel`: the kernel's own int64 operations, in place,
-      row block by row block (cache-resident), :meth:`_int_gelu_blocked`.
+      row block by row block (cache-resident), :meth:`_int_gelu_blocked`;
+    * QuantAct/FixedPointMul through :meth:`variant_kernel` in float64 when every product is
+      exact there (:meth:`_requantize_f64`), else the kernel with the tiers above;
+    * row-local kernels (:func:`~ibert_ref.kernels.row_local`) on cache-sized row blocks
+      (:meth:`row_runner`, optionally on threads).
 
     Weights stay resident as int8 (converted to float32 per GEMM, never cached). On the fast
     path a clamped result is held in the narrowest type of its width (``narrow``: int8 for
@@ -458,7 +462,48 @@ class ExactDatapath(Datapath):
         (the kernel's own code then reports its intermediates) and on the reference path."""
         if name == "int_gelu" and self.fast and self.oplog is None:
             return self._int_gelu_blocked
+        if name == "requantize" and self.fast and self.oplog is None:
+            return self._requantize_f64
         return None
+
+    @staticmethod
+    def _requantize_f64(dp, x, p, identity=None):
+        """:func:`~ibert_ref.kernels.requantize` in float64 when every step is exact there,
+        else None (the kernel's own code runs):
+
+        ``y = rint(z * d) [+ rint(z_id * d_id)]``, ``d = m * 2^-e`` (exact), then
+        ``clamp(y, -2^(b-1), 2^(b-1) - 1)`` written to the narrow integer type in one pass.
+        Exact while ``max|z| * max|m| < 2^53`` and ``< 2^51 * 2^(min e)`` for each term (the
+        product ``z * m`` and its scaling are exact, rint is round half to even of the exact
+        rational, and each rounded term is below 2^51 so their sum is exact): tier 0 of
+        :func:`~ibert_ref.intops.mul_shift_round_fast`, without its int64 round trip.
+        """
+        terms = [(x, p.dy)] if identity is None else [(x, p.dy), (identity, p.dy_identity)]
+        if p.bits > 32 or (identity is not None and np.shape(identity.data) != np.shape(x.data)):
+            return None
+        y_f64 = None
+        for t, dy in terms:
+            z = np.asarray(dp.round_recover(t))
+            dy = dp.requant_multiplier(dy, t)
+            m, e = np.asarray(dy.m, dtype=I64), np.asarray(dy.e, dtype=I64)
+            if z.dtype not in _NARROW_INTS + (np.dtype(I64),) or z.size == 0 or m.size == 0 or e.size == 0:
+                return None
+            if not all(v.ndim <= 1 or all(d == 1 for d in v.shape[:-1]) for v in (m, e)):
+                return None
+            e_lo, e_hi = int(e.min()), int(e.max())
+            product = intops.abs_bound(z) * intops.abs_bound(m)
+            if e_lo < 0 or e_hi > 1000 or product >= intops.F64_EXACT_INT or product >= intops.ROUND_MAGIC_LIMIT << e_lo:
+                return None
+            d_f64 = np.ldexp(m.astype(np.float64), -e.astype(np.int32))
+            if y_f64 is None:
+                y_f64 = np.multiply(z, d_f64, dtype=np.float64)
+                np.rint(y_f64, out=y_f64)
+            else:
+                term = np.multiply(z, d_f64, dtype=np.float64)
+                y_f64 += np.rint(term, out=term)
+        if y_f64.shape != np.shape(x.data):  # m or e broadcast z to a larger shape
+            return None
+        return dp.emit(dp.clamp_bits(y_f64, p.bits), p.out_scale)
 
     @staticmethod
     def _int_gelu_blocked(dp, x, p):

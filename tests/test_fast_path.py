@@ -534,6 +534,55 @@ def test_row_blocks_fall_back_to_one_call_and_keep_the_first_error(monkeypatch):
     assert kernels.requantize.row_local and kernels.int_exp.row_local
 
 
+@FAST
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    z_bits=st.sampled_from([7, 15, 21, 24, 40]),
+    bits=st.sampled_from([8, 16, 22]),
+    with_identity=st.booleans(),
+    per_channel=st.booleans(),
+)
+def test_requantize_float64_variant_equals_reference(seed, z_bits, bits, with_identity, per_channel):
+    """QuantAct in float64 (one rint per term, clamp written to the narrow type) gives the
+    reference kernel's integers (ties included: tier 0's exactness, tested above); it steps
+    aside (None) when a product could exceed 2^53."""
+    from ibert_ref import kernels
+
+    rng = np.random.default_rng(seed)
+    c = 9
+    n = c if per_channel else 1
+    z = rng.integers(-(1 << z_bits), 1 << z_bits, size=(4, c), dtype=np.int64)
+    z[0, :2] = [(1 << z_bits) - 1, -(1 << z_bits)]
+    dy = Dyadic(m=rng.integers(1 << 30, 1 << 31, size=n, dtype=np.int64), e=rng.integers(20, 45, size=n, dtype=np.int64))
+    dy_id = Dyadic(m=np.array([rng.integers(1 << 30, 1 << 31)], dtype=np.int64), e=np.array([31], dtype=np.int64))
+    p = kernels.RequantParams(bits=bits, dy=dy, dy_identity=dy_id, out_scale=np.float32([1e-2]))
+    x = QTensor(z, np.float32([1e-4]))
+    ident = QTensor(rng.integers(-128, 128, size=(4, c)).astype(np.int8), np.float32([1e-2])) if with_identity else None
+    ref = kernels.requantize(REF_DP, x, p, identity=None if ident is None else QTensor(ident.data.astype(np.int64), ident.scale))
+    fast = kernels.requantize(FAST_DP, x, p, identity=ident)
+    np.testing.assert_array_equal(fast.data, ref.data)
+    variant = FAST_DP.variant_kernel("requantize")(FAST_DP, x, p, ident)
+    if z_bits + 31 < 53:
+        assert variant is not None and variant.data.dtype == {8: np.int8, 16: np.int16, 22: np.int32}[bits]
+        np.testing.assert_array_equal(variant.data, ref.data)
+    elif z_bits >= 40:
+        assert variant is None  # max|z| * max|m| >= 2^53: the kernel's own tiers run
+
+
+def test_requantize_float64_variant_rounds_ties_to_even():
+    from ibert_ref import kernels
+
+    z = np.arange(-9, 10, dtype=np.int64).reshape(1, -1)  # z / 2: every odd z is a tie
+    half = Dyadic(m=np.array([1 << 30], dtype=np.int64), e=np.array([31], dtype=np.int64))
+    p = kernels.RequantParams(bits=8, dy=half, dy_identity=half, out_scale=np.float32([1.0]))
+    x = QTensor(z, np.float32([1.0]))
+    out = FAST_DP.variant_kernel("requantize")(FAST_DP, x, p, None)
+    np.testing.assert_array_equal(out.data, np.rint(z / 2))
+    both = FAST_DP.variant_kernel("requantize")(FAST_DP, x, p, QTensor(z.astype(np.int8), x.scale))
+    np.testing.assert_array_equal(both.data, 2 * np.rint(z / 2))
+    np.testing.assert_array_equal(both.data, kernels.requantize(REF_DP, x, p, identity=x).data)
+
+
 def test_set_num_threads_validates():
     with pytest.raises(ValueError):
         intops.set_num_threads(0)
