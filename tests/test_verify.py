@@ -155,3 +155,24 @@ def test_tokenized_texts_are_used_as_given(tmodel):
                     transformers_model=tmodel)
     assert report.e2e is None and report.replay and report.ok
     np.testing.assert_array_equal(report.input_ids, enc["input_ids"])
+
+
+@pytest.mark.parametrize("force_dequant", ["gelu", "softmax", "layernorm", "nonlinear"])
+def test_verify_force_dequant_models(tmp_path, force_dequant):
+    """With float non-linearities, the QuantAct after each of them takes its input path (a
+    float input, no pre-scale): replayed as such, the transformers datapath agrees 100% and
+    every exact-datapath difference is explained."""
+    from ibert_ref.oracle.builders import make_calibrated_ibert
+
+    _, folder = make_calibrated_ibert(tmp_path / force_dequant, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, intermediate_size=64, vocab_size=200,
+                                      force_dequant=force_dequant, seed=3)
+    ids = np.array([[0, 17, 45, 99, 120, 2], [0, 31, 7, 2, 1, 1]])
+    mask = (ids != 1).astype(np.int64)
+    tf = verify(str(folder), input_ids=ids, attention_mask=mask, datapath="transformers", gemm="torch")
+    assert tf.ok and tf.unexplained == 0, tf.format(only_differing=True)
+    for mode in ("replay", "e2e"):
+        t = tf.totals(mode)
+        assert t["equal"] == t["elements"] > 0, (mode, t)
+    ex = verify(str(folder), input_ids=ids, attention_mask=mask, datapath="exact")
+    assert ex.ok and ex.unexplained == 0, ex.format(only_differing=True)

@@ -123,7 +123,13 @@ def replay_op(dp: Datapath, get: Callable[[str], np.ndarray], name: str, args, k
     kind = module_kind(name)
     if kind == "QuantEmbedding":
         return K.quant_embedding(dp, embedding_params(dp, get(name + ".weight")), np.asarray(args[0]))
-    x, s = _f32(args[0]), _f32(args[1] if len(args) > 1 else kwargs.get("scaling_factor"))
+    scale_arg = args[1] if len(args) > 1 else kwargs.get("scaling_factor")
+    if kind == "QuantAct" and scale_arg is None:
+        # a float producer (force_dequant): QuantAct's input-quantization path, which
+        # ignores any identity (transformers' behaviour, see kernels.quantize_input)
+        bits = quant_act_bits(name)
+        return K.quantize_input(dp, _f32(args[0]), K.QuantizeInputParams(bits, act_scale(get, name, bits)))
+    x, s = _f32(args[0]), _f32(scale_arg)
     if kind == "QuantAct":
         if name.endswith("softmax.act") and not isinstance(dp, TransformersDatapath):
             raise NotReplayable(

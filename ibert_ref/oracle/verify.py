@@ -283,6 +283,11 @@ def run_module(dp, get: Callable[[str], np.ndarray], name: str, args, kwargs, st
         out = K.quant_embedding(dp, embedding_params(dp, get(name + ".weight")), np.asarray(args[0]))
         return dp.integers(out).astype(np.int64)
     x = np.asarray(args[0])
+    if kind == "QuantAct" and _input_scale(args, kwargs) is None:
+        # a float producer (force_dequant): QuantAct's input-quantization path (no identity)
+        bits = quant_act_bits(name)
+        out = K.quantize_input(dp, np.asarray(x, F32), K.QuantizeInputParams(bits, act_scale(get, name, bits)))
+        return dp.integers(out).astype(np.int64)
     s = np.asarray(_input_scale(args, kwargs), F32)
     if kind == "QuantAct" and name.endswith("softmax.act"):
         out = _softmax_act(dp, get, name, x, s, style)
