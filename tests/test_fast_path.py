@@ -462,7 +462,16 @@ def test_row_blocked_kernels_equal_reference_on_every_op(monkeypatch, threads, b
         return real(dp, kernel, args, kwargs)
 
     monkeypatch.setattr(datapath_mod, "run_row_blocks", spy)
+    blocks_run = [0]
+    real_run_blocks = intops.run_blocks
+
+    def count_blocks(fn, n_blocks):
+        blocks_run[0] += n_blocks
+        return real_run_blocks(fn, n_blocks)
+
+    monkeypatch.setattr(intops, "run_blocks", count_blocks)
     monkeypatch.setattr(intops, "BLOCK_ELEMS", block_elems)
+    monkeypatch.setattr(intops, "WHOLE_MAX_ELEMS", 2 * min(block_elems, 200))
     monkeypatch.setattr(intops, "PARALLEL_MIN_ELEMS", parallel_min)
     old_threads = intops.get_num_threads()
     intops.set_num_threads(threads)
@@ -478,6 +487,7 @@ def test_row_blocked_kernels_equal_reference_on_every_op(monkeypatch, threads, b
     finally:
         intops.set_num_threads(old_threads)
     assert {"requantize", "int_exp", "softmax_normalize", "int_gelu", "int_layernorm"} <= set(calls)
+    assert blocks_run[0] > 3 * len(calls)  # the kernels did run on many row blocks
     for name in out_ref.trace:
         np.testing.assert_array_equal(out_fast.trace[name], out_ref.trace[name], err_msg=name)
         assert out_fast.trace[name].dtype == out_ref.trace[name].dtype, name
@@ -490,6 +500,7 @@ def test_row_blocks_fall_back_to_one_call_and_keep_the_first_error(monkeypatch):
     from ibert_ref import kernels
 
     monkeypatch.setattr(intops, "BLOCK_ELEMS", 16)
+    monkeypatch.setattr(intops, "WHOLE_MAX_ELEMS", 32)
     seen = []
 
     def kernel(dp, x, p):
