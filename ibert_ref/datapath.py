@@ -5,8 +5,10 @@ The kernels in :mod:`ibert_ref.kernels` are written once, as the algorithm of th
 are held goes through a datapath method. Two datapaths ship:
 
 ``ExactDatapath`` ("exact")
-    Integers are int64 NumPy arrays; every floor, shift and rounding is exact integer
-    math; each layer's input carries its true scale. What I-BERT means.
+    Integers are NumPy integer arrays (int64 for intermediates; on the fast path a clamped
+    QuantAct output is held as int8/int16/int32 and a QuantLinear accumulator as int32);
+    every floor, shift and rounding is exact integer math (or float math proven exact for
+    the operands at hand); each layer's input carries its true scale. What I-BERT means.
 
 ``TransformersDatapath`` ("transformers")
     Reproduces transformers' float32 emulation bit for bit: values travel dequantized
