@@ -661,14 +661,23 @@ def run_row_blocks(dp, kernel, args, kwargs):
                 state["out"] = np.empty((rows, data.shape[-1]), dtype=data.dtype)
                 state["scale"] = res.scale
             out, scale = state["out"], state["scale"]
-        if data.dtype != out.dtype or data.shape != (r1 - r0, out.shape[1]):
-            raise AssertionError(f"{kernel.__name__}: row block {i} gave {data.dtype}{data.shape}, not row-local")
+        if data.shape != (r1 - r0, out.shape[1]):
+            raise AssertionError(f"{kernel.__name__}: row block {i} gave shape {data.shape}, not row-local")
         if res.scale is not scale and not np.array_equal(res.scale, scale):
             raise AssertionError(f"{kernel.__name__}: row block {i} has another output scale")
+        if not np.can_cast(data.dtype, out.dtype, casting="safe"):
+            raise _WiderBlock  # a block needs a wider type than the first one: run it whole
         out[r0:r1] = data
 
-    intops.run_blocks(one_block, -(-rows // step))
+    try:
+        intops.run_blocks(one_block, -(-rows // step))
+    except _WiderBlock:
+        return whole()
     return QTensor(state["out"].reshape(lead + state["out"].shape[1:]), state["scale"])
+
+
+class _WiderBlock(Exception):
+    """A row block's result type is wider than the first block's (run_row_blocks)."""
 
 
 class TransformersDatapath(Datapath):

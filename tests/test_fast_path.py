@@ -594,6 +594,26 @@ def test_requantize_float64_variant_rounds_ties_to_even():
     np.testing.assert_array_equal(both.data, kernels.requantize(REF_DP, x, p, identity=x).data)
 
 
+def test_row_blocks_of_different_result_types(monkeypatch):
+    """A later block may come out narrower (cast into the result) or wider (the op is then run
+    whole): the integers never depend on the blocking."""
+    import ibert_ref.datapath as datapath_mod
+
+    monkeypatch.setattr(intops, "BLOCK_ELEMS", 16)
+    monkeypatch.setattr(intops, "WHOLE_MAX_ELEMS", 32)
+
+    def kernel(dp, x):
+        wide = int(np.abs(x.data).max()) > 127  # a kernel whose type depends on its values
+        return QTensor(x.data.astype(np.int64 if wide else np.int8), x.scale)
+
+    for big_row in (0, 90):  # the first block wide, then later blocks narrower; or the reverse
+        data = np.full((100, 4), 3, dtype=np.int64)
+        data[big_row] = 1000
+        out = datapath_mod.run_row_blocks(FAST_DP, kernel, (QTensor(data, np.float32([1.0])),), {})
+        np.testing.assert_array_equal(out.data, data)
+        assert out.data.dtype == np.int64
+
+
 def test_set_num_threads_validates():
     with pytest.raises(ValueError):
         intops.set_num_threads(0)
