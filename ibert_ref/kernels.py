@@ -136,6 +136,8 @@ def requantize(dp: Datapath, x: QTensor, p: RequantParams, identity: Optional[QT
     to even on the exact rational (exact datapath; transformers computes it in float64,
     which rounds the product once ``|q * m| >= 2^53``). Widths: input up to 62 bits, the
     product up to 93 bits (held in two int64 limbs), output ``b`` bits (8, 16 or 22).
+    A datapath may return the same integers by a cheaper exact route
+    (``dp.variant_kernel("requantize")``, e.g. float64 when every product fits 53 bits).
     """
     variant = dp.variant_kernel("requantize")  # a cheaper exact evaluation, or None
     fused = None if variant is None else variant(dp, x, p, identity)
