@@ -108,7 +108,7 @@ def test_strip_check_passes_on_the_stored_notebooks():
 def python3_kernel(tmp_path_factory):
     """A ``python3`` kernelspec running this interpreter, first on JUPYTER_PATH."""
     for module in ("nbclient", "nbformat", "ipykernel", "matplotlib"):
-        pytest.importorskip(module, reason="needs the notebooks extra: pip install -e '.[notebooks]'")
+        pytest.importorskip(module, reason=f"could not import {module}: needs the notebooks extra: pip install -e '.[notebooks]'")
     jupyter_dir = tmp_path_factory.mktemp("jupyter")
     spec_dir = jupyter_dir / "kernels" / "python3"
     spec_dir.mkdir(parents=True)

