@@ -1,8 +1,8 @@
-"""A tiny progress bar on stderr (no dependency): ``for b in progress(batches, desc="calibrate"): ...``.
+"""Progress bars on stderr, drawn by tqdm: ``for b in progress(batches, desc="calibrate"): ...``.
 
-Drawn in place with ``\\r`` when the stream is a terminal; when it is not (a log file, CI), one
-line is printed at the start and one at the end, so logs stay readable. ``enabled=False``
-silences it.
+On a terminal the bar is tqdm's, redrawn in place. When the stream is not a terminal (a log file,
+CI) no bar is drawn; one line is written when the work starts and one when it ends (count, elapsed
+time, rate), so logs stay readable. ``enabled=False`` silences both.
 """
 
 from __future__ import annotations
@@ -11,11 +11,21 @@ import sys
 import time
 from typing import Iterable, Optional, TextIO
 
+from tqdm import tqdm
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
 
 class Progress:
-    """``count / total`` with a bar, the rate and the elapsed time.
+    """A bar over ``total`` units of work; ``total=None`` counts without a bar.
 
-    Use as a context manager, call :meth:`update` after each unit of work.
+    Use as a context manager (or call :meth:`close`), and call :meth:`update` after each unit.
+    ``count`` is the number of units done so far, whether or not anything is drawn.
     """
 
     def __init__(
@@ -32,12 +42,25 @@ class Progress:
         self.unit = unit
         self.stream = sys.stderr if stream is None else stream
         self.enabled = True if enabled is None else bool(enabled)
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interactive = _is_tty(self.stream)
         self.width = width
         self.count = 0
         self.start = time.perf_counter()
-        self._last_draw = 0.0
-        if self.enabled and not self.interactive:
+        self._bar: Optional[tqdm] = None
+        if not self.enabled:
+            return
+        if self.interactive:
+            # width: the bar itself, in characters (tqdm's {bar:N}); the rest of the line is tqdm's
+            self._bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                file=self.stream,
+                mininterval=0.1,
+                leave=True,
+                bar_format=f"{{l_bar}}{{bar:{width}}}{{r_bar}}" if total else None,
+            )
+        else:
             self._write(f"{self.desc}: {self.total if self.total is not None else '?'} {self.unit} ...\n")
 
     def _write(self, text: str) -> None:
@@ -45,32 +68,33 @@ class Progress:
         self.stream.flush()
 
     def line(self) -> str:
-        """The current status line (without ``\\r``)."""
-        elapsed = time.perf_counter() - self.start
-        rate = self.count / elapsed if elapsed > 0 else 0.0
-        if self.total:
-            done = int(self.width * min(self.count, self.total) / self.total)
-            bar = "#" * done + "." * (self.width - done)
-            return f"{self.desc} [{bar}] {self.count}/{self.total} {self.unit} {elapsed:6.1f}s {rate:6.2f} {self.unit}/s"
-        return f"{self.desc} {self.count} {self.unit} {elapsed:6.1f}s {rate:6.2f} {self.unit}/s"
+        """The current status line, as tqdm formats it (ASCII, no ``\\r``)."""
+        return tqdm.format_meter(
+            self.count,
+            self.total,
+            time.perf_counter() - self.start,
+            prefix=self.desc,
+            unit=self.unit,
+            ascii=True,
+            ncols=None,
+            bar_format=f"{{l_bar}}{{bar:{self.width}}}{{r_bar}}" if self.total else None,
+        )
 
     def update(self, n: int = 1) -> None:
         self.count += n
-        if not (self.enabled and self.interactive):
-            return
-        now = time.perf_counter()
-        if now - self._last_draw >= 0.1 or (self.total is not None and self.count >= self.total):
-            self._last_draw = now
-            self._write("\r" + self.line())
+        if self._bar is not None:
+            self._bar.update(n)
 
     def close(self) -> None:
+        """Draw the final state (a last line when not on a terminal); later calls do nothing."""
         if not self.enabled:
             return
-        if self.interactive:
-            self._write("\r" + self.line() + "\n")
+        self.enabled = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         else:
             self._write(self.line() + "\n")
-        self.enabled = False
 
     def __enter__(self):
         return self
@@ -81,7 +105,10 @@ class Progress:
 
 
 def progress(iterable: Iterable, total: Optional[int] = None, desc: str = "", unit: str = "it", **kw):
-    """Yield from ``iterable`` while drawing a :class:`Progress` bar (``total`` from ``len()``)."""
+    """Yield from ``iterable`` while drawing a :class:`Progress` bar (``total`` from ``len()``).
+
+    ``**kw`` goes to :class:`Progress` (``stream``, ``enabled``, ``width``).
+    """
     if total is None:
         try:
             total = len(iterable)  # type: ignore[arg-type]
