@@ -259,23 +259,48 @@ def _f32_hex(a) -> list:
     return [f"{int(x):08x}" for x in np.asarray(a, dtype=F32).reshape(-1).view(np.uint32)]
 
 
-def _run(dp, spec: OpSpec, params, num_heads: int, inputs: List[np.ndarray], scales: List[np.ndarray]):
-    """Run ``spec``'s kernel on integer inputs (with their scales); returns (integers, scale)."""
+@dataclass
+class OpValue:
+    """One op output as the datapath holds it: integers ``ints``, float32 ``scale``, and
+    ``exponent`` (None, or per channel) when a hardware profile holds the value with a
+    power-of-two exponent (``ints * 2^exponent`` is the integer of the op's compiled output
+    scale; ``scale`` already includes ``2^exponent``; the next requantization folds the
+    exponent into its shift, ``e - exponent``: the int32 IntGELU of ``gelu="int32"``)."""
+
+    ints: np.ndarray
+    scale: np.ndarray
+    exponent: Optional[np.ndarray] = None
+
+
+def _qtensor(v: OpValue) -> QTensor:
+    data = np.asarray(v.ints, dtype=np.int64)
+    scale = np.asarray(v.scale, dtype=F32)
+    if v.exponent is None:
+        return QTensor(data, scale)
+    from .hardware.profiles import ShiftedQTensor
+
+    return ShiftedQTensor(data, scale, exponent=np.asarray(v.exponent, dtype=np.int64))
+
+
+def run_op(dp, spec: OpSpec, params, num_heads: int, inputs: List[OpValue]) -> OpValue:
+    """Run ``spec``'s kernel on datapath ``dp`` (the same :mod:`ibert_ref.kernels` call the
+    model makes, with the datapath's own kernel variants) on integer inputs; returns its
+    output integers, scale and exponent (see :class:`OpValue`)."""
     def qt(i):
-        return QTensor(np.asarray(inputs[i], dtype=np.int64), np.asarray(scales[i], dtype=F32))
+        return _qtensor(inputs[i])
 
     if spec.op == "quant_embedding":
-        out = K.quant_embedding(dp, params, np.asarray(inputs[0], dtype=np.int64))
+        out = K.quant_embedding(dp, params, np.asarray(inputs[0].ints, dtype=np.int64))
     elif spec.op == "requantize":
         out = K.requantize(dp, qt(0), params, identity=qt(1) if len(inputs) > 1 else None)
     elif spec.op == "quant_linear":
         out = K.quant_linear(dp, qt(0), params)
     elif spec.op == "attention_scores":
         scores = K.attention_scores(dp, qt(0), qt(1), num_heads, None, params)
-        return np.asarray(scores, dtype=np.int64), np.asarray(params, dtype=F32)
+        return OpValue(np.asarray(scores, dtype=np.int64), np.asarray(params, dtype=F32))
     elif spec.op == "int_exp":
-        mask = np.asarray(inputs[1]).astype(bool)[:, None, None, :]
-        scores = np.where(mask, np.asarray(inputs[0], dtype=np.int64), -intops.SATURATION_I64)
+        mask = np.asarray(inputs[1].ints).astype(bool)[:, None, None, :]
+        scores = np.where(mask, np.asarray(inputs[0].ints, dtype=np.int64), -intops.SATURATION_I64)
         out = K.int_exp(dp, scores, params)
     elif spec.op == "softmax_normalize":
         out = K.softmax_normalize(dp, qt(0), params)
@@ -287,7 +312,49 @@ def _run(dp, spec: OpSpec, params, num_heads: int, inputs: List[np.ndarray], sca
         out = K.int_layernorm(dp, qt(0), params)
     else:  # pragma: no cover
         raise VectorsError(f"unknown op {spec.op!r}")
-    return np.asarray(dp.integers(out), dtype=np.int64), np.asarray(out.scale, dtype=F32)
+    exponent = getattr(out, "exponent", None)
+    exponent = None if exponent is None else np.asarray(exponent, dtype=np.int64)
+    return OpValue(np.asarray(dp.integers(out), dtype=np.int64), np.asarray(out.scale, dtype=F32), exponent)
+
+
+def _run(dp, spec: OpSpec, params, num_heads: int, inputs: List[np.ndarray], scales: List[np.ndarray]):
+    """:func:`run_op` on plain integer inputs; returns (integers, scale)."""
+    v = run_op(dp, spec, params, num_heads, [OpValue(i, s) for i, s in zip(inputs, scales)])
+    return v.ints, v.scale
+
+
+#: Op kinds the model's tracer names (the extra intermediates are not traced; their
+#: overflow records are claimed by the next traced op, as in the model).
+_TRACED_KINDS = ("QuantEmbedding", "QuantAct", "QuantLinear", "IntSoftmax", "IntGELU", "IntLayerNorm")
+
+
+def run_graph(compiled, dp, inputs: Dict[str, np.ndarray], config):
+    """Run every op of :func:`op_graph` in order on ``dp``, each from the outputs of earlier
+    ops (``inputs``: ``input_ids``, ``attention_mask``, ``token_type_ids``, ``position_ids``).
+
+    Returns ``(values, events)``: ``values`` maps every input and op name to an
+    :class:`OpValue`; ``events`` maps op names to the overflow records
+    (:class:`~ibert_ref.hardware.oplog.OverflowRecord`) the datapath filed for them (hardware
+    profiles; named as the model names them). These are the model's integers op for op
+    (``write_vectors`` checks it against the trace)."""
+    values: Dict[str, OpValue] = {n: OpValue(np.asarray(v, dtype=np.int64), np.ones(1, F32)) for n, v in inputs.items()}
+    events: Dict[str, list] = {}
+    log = getattr(dp, "oplog", None)
+    dp.begin_run()
+    try:
+        for spec in op_graph(config["num_hidden_layers"]):
+            v = run_op(dp, spec, _params_of(compiled, spec), config["num_attention_heads"],
+                       [values[n] for n in spec.inputs])
+            values[spec.name] = v
+            if spec.kind in _TRACED_KINDS and not spec.name.endswith(FIRST_CALL):
+                before = len(log.events) if log is not None else 0
+                dp.end_op(spec.name, spec.kind)
+                if log is not None and len(log.events) > before:
+                    for rec in log.events[before:]:
+                        events.setdefault(rec.op, []).append(rec)
+    finally:
+        dp.end_run()
+    return values, events
 
 
 def _params_of(compiled, spec: OpSpec):
@@ -349,9 +416,63 @@ def _dyadic(dy: Optional[Dyadic]):
             "value": np.asarray(dy.value, dtype=np.float64).tolist()}
 
 
-def _describe_params(w: _Writer, spec: OpSpec, p, in_scales) -> dict:
-    """The manifest ``params`` of one op (constants inline, arrays by reference)."""
+EXACT_SEMANTICS = {
+    "gemm": "int8 x int8 products summed exactly (int64), + int32 bias",
+    "requant": "round half to even of q * m / 2^e on the exact rational, then saturate to bits",
+    "exp": "R(poly * m / 2^(e - 30 + q)): i-exp's left shift folded into the requantization shift (exact)",
+    "gelu": "IntGELU x * (erf_q + one) exact in int64",
+    "layernorm": "var = sum((y >> shift)^2) exact, integer floor-sqrt",
+    "probs": "P V operand: probabilities 0..256",
+}
+
+
+def datapath_manifest(dp) -> dict:
+    """The manifest's record of the datapath: ``datapath_parameters`` (what
+    :func:`datapath_from_manifest` rebuilds it from), ``datapath_description`` and
+    ``datapath_semantics`` (parameter -> what its value computes)."""
+    params = getattr(dp, "parameters", None)
+    if params is None:
+        return {"datapath_parameters": {}, "datapath_description": f"{dp.name}: exact integers",
+                "datapath_semantics": dict(EXACT_SEMANTICS)}
+    return {"datapath_parameters": dict(params()),
+            "datapath_description": dp.describe() if hasattr(dp, "describe") else dp.name,
+            "datapath_semantics": dp.semantics() if hasattr(dp, "semantics") else {}}
+
+
+def datapath_from_manifest(manifest: dict):
+    """The datapath a vectors folder was written with: its registered name with the recorded
+    parameters (a hardware profile with overrides), or a
+    :class:`~ibert_ref.hardware.profiles.HardwareDatapath` of those parameters when the name
+    is not registered."""
+    from .datapath import available_datapaths, make_datapath
+
+    name = manifest["datapath"]
+    params = dict(manifest.get("datapath_parameters") or {})
+    if not params:
+        return make_datapath(name)
+    if name in available_datapaths():
+        return make_datapath(name, **params)
+    from .hardware.profiles import HardwareDatapath
+
+    return HardwareDatapath(**params, name=name)
+
+
+def _event_dict(r) -> dict:
+    return {"op": r.op, "part": r.part, "action": r.action, "bits": int(r.bits), "count": int(r.count),
+            "first_index": int(r.first_index), "exact": str(r.exact), "produced": str(r.produced),
+            "detail": r.detail, "text": r.describe()}
+
+
+def _semantic(dp, key: str, default: str) -> str:
+    table = dp.semantics() if hasattr(dp, "semantics") else {}
+    return table.get(key, default)
+
+
+def _describe_params(w: _Writer, spec: OpSpec, p, in_scales, dp=None) -> dict:
+    """The manifest ``params`` of one op (constants inline, arrays by reference), with the
+    datapath's semantics of the op where a hardware profile changes it."""
     op = spec.op
+    hw = dp is not None and hasattr(dp, "semantics")
     if op == "quant_embedding":
         return {"table": w.param(spec.name, "table", np.asarray(p.w, dtype=np.int8), 8),
                 "scale": _f32_list(p.scale)}
@@ -359,32 +480,60 @@ def _describe_params(w: _Writer, spec: OpSpec, p, in_scales) -> dict:
         d = {"bits": int(p.bits), "out_scale": _f32_list(p.out_scale), "dy": _dyadic(p.dy),
              "dy_identity": _dyadic(p.dy_identity), "input_scale": _f32_list(in_scales[0]),
              "rounding": "round half to even of q * m / 2^e, then saturate to bits"}
+        if hw:
+            d["rounding"] = _semantic(dp, "requant", d["rounding"]) + "; the terms added, then saturate to bits"
         if len(in_scales) > 1:
             d["identity_scale"] = _f32_list(in_scales[1])
         return d
     if op == "quant_linear":
-        return {"weight": w.param(spec.name, "weight", np.asarray(p.w, dtype=np.int8), 8),
-                "bias": w.param(spec.name, "bias", np.asarray(p.b, dtype=np.int64), 32),
-                "out_scale": _f32_list(p.out_scale)}
-    if op == "attention_scores":
-        return {"num_heads": None, "scale": _f32_list(p)}
+        d = {"weight": w.param(spec.name, "weight", np.asarray(p.w, dtype=np.int8), 8),
+             "bias": w.param(spec.name, "bias", np.asarray(p.b, dtype=np.int64), 32),
+             "out_scale": _f32_list(p.out_scale)}
+        if hw:
+            d["accumulator"] = _semantic(dp, "acc_bits", "") + "; overflow: " + _semantic(dp, "overflow", "")
+        return d
+    if op in ("attention_scores", "attention_context"):
+        d = {"num_heads": None, "scale": _f32_list(p)}
+        if hw:
+            d["accumulator"] = _semantic(dp, "acc_bits", "") + "; overflow: " + _semantic(dp, "overflow", "")
+            if op == "attention_context":
+                d["probs"] = _semantic(dp, "probs", "")
+        return d
     if op in ("int_exp", "softmax_normalize"):
-        return {"x0_int": int(p.x0_int.reshape(-1)[0]), "x0_30": int(p.x0_30.reshape(-1)[0]),
-                "b_int": int(p.b_int.reshape(-1)[0]), "c_int": int(p.c_int.reshape(-1)[0]),
-                "exp_scale": _f32_list(p.exp_scale), "act_scale": _f32_list(p.act_scale),
-                "dy_exact": _dyadic(p.dy_exact), "dy_tf": _dyadic(p.dy_tf),
-                "act_bits": int(p.act_bits), "out_bits": int(p.out_bits)}
-    if op == "attention_context":
-        return {"num_heads": None, "scale": _f32_list(p)}
+        d = {"x0_int": int(p.x0_int.reshape(-1)[0]), "x0_30": int(p.x0_30.reshape(-1)[0]),
+             "b_int": int(p.b_int.reshape(-1)[0]), "c_int": int(p.c_int.reshape(-1)[0]),
+             "exp_scale": _f32_list(p.exp_scale), "act_scale": _f32_list(p.act_scale),
+             "dy_exact": _dyadic(p.dy_exact), "dy_tf": _dyadic(p.dy_tf),
+             "act_bits": int(p.act_bits), "out_bits": int(p.out_bits)}
+        if hw and op == "int_exp":
+            d["exp_variant"] = _semantic(dp, "exp", "")
+            d["rounding"] = _semantic(dp, "requant", "")
+        return d
     if op == "int_gelu":
-        return {"b_int": w.param(spec.name, "b_int", np.asarray(p.b_int, dtype=np.int64).reshape(-1), 64),
-                "c_int": w.param(spec.name, "c_int", np.asarray(p.c_int, dtype=np.int64).reshape(-1), 64),
-                "one": w.param(spec.name, "one", np.asarray(p.one, dtype=np.int64).reshape(-1), 64),
-                "out_scale": _f32_list(p.out_scale)}
+        d = {"b_int": w.param(spec.name, "b_int", np.asarray(p.b_int, dtype=np.int64).reshape(-1), 64),
+             "c_int": w.param(spec.name, "c_int", np.asarray(p.c_int, dtype=np.int64).reshape(-1), 64),
+             "one": w.param(spec.name, "one", np.asarray(p.one, dtype=np.int64).reshape(-1), 64),
+             "out_scale": _f32_list(p.out_scale)}
+        if hw:
+            d["gelu_variant"] = _semantic(dp, "gelu", "")
+            if getattr(dp, "gelu", None) == "int32":
+                k, b2, c2, one2 = dp.gelu_int32_constants(p)
+                d["int32_constants"] = {
+                    "k": w.param(spec.name, "int32_k", np.asarray(k, dtype=np.int64).reshape(-1), 64),
+                    "b": w.param(spec.name, "int32_b", np.asarray(b2, dtype=np.int64).reshape(-1), 32),
+                    "c": w.param(spec.name, "int32_c", np.asarray(c2, dtype=np.int64).reshape(-1), 32),
+                    "one": w.param(spec.name, "int32_one", np.asarray(one2, dtype=np.int64).reshape(-1), 32),
+                    "derived": "from b_int, c_int, one (ibert_ref.hardware.profiles.gelu_int32_constants); "
+                               "informative: the re-run derives them again"}
+        return d
     if op == "int_layernorm":
-        return {"shift": int(p.shift),
-                "bias_int": w.param(spec.name, "bias_int", np.asarray(p.bias_int, dtype=np.int64).reshape(-1), 64),
-                "out_scale": _f32_list(p.out_scale)}
+        d = {"shift": int(p.shift),
+             "bias_int": w.param(spec.name, "bias_int", np.asarray(p.bias_int, dtype=np.int64).reshape(-1), 64),
+             "out_scale": _f32_list(p.out_scale)}
+        if hw:
+            d["var"] = _semantic(dp, "ln_var", "")
+            d["sqrt"] = _semantic(dp, "sqrt", "")
+        return d
     raise VectorsError(f"unknown op {op!r}")  # pragma: no cover
 
 
@@ -435,33 +584,39 @@ def write_vectors(
     w = _Writer(out, param_hex, strict_widths)
     inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt, "position_ids": pos}
     manifest_inputs = [w.tensor(n, v, INPUT_BITS) for n, v in inputs.items()]
-    values = dict(inputs)
-    scales: Dict[str, np.ndarray] = {}
+    graph, events = run_graph(model.compiled, dp, inputs, cfg)
     num_heads = cfg["num_attention_heads"]
     manifest_ops = []
     for index, spec in enumerate(op_graph(cfg["num_hidden_layers"])):
         params = _params_of(model.compiled, spec)
-        in_vals = [values[n] for n in spec.inputs]
-        in_scales = [scales.get(n, np.ones(1, F32)) for n in spec.inputs]
-        q, scale = _run(dp, spec, params, num_heads, in_vals, in_scales)
+        in_scales = [graph[n].scale for n in spec.inputs]
+        v = graph[spec.name]
+        q = v.ints
         if spec.name in result.trace:
             traced = np.asarray(result.trace[spec.name], dtype=np.int64)
             if not np.array_equal(traced, q):
                 raise VectorsError(f"{spec.name}: re-running the op from its inputs does not reproduce the "
-                                   "model's trace (wiring error)")
+                                   f"model's trace (wiring error, datapath {dp.name!r})")
             bits = result.trace_meta[spec.name].bits
             q = result.trace[spec.name]
         else:
             bits = spec.bits
             q = q.astype(intops.smallest_int_dtype(int(q.min()), int(q.max())) if q.size else np.int64)
-        values[spec.name] = q
-        scales[spec.name] = scale
-        entry = w.tensor(spec.name, q, bits, scale)
+        entry = w.tensor(spec.name, q, bits, v.scale)
+        if v.exponent is not None:
+            entry["exponent"] = np.asarray(v.exponent, dtype=np.int64).reshape(-1).tolist()
+            entry["exponent_semantics"] = ("held as data * 2^exponent at the op's compiled output scale (scale above "
+                                           "includes 2^exponent); the next requantization uses shift e - exponent")
         entry.update({"index": index, "kind": spec.kind, "op": spec.op, "inputs": list(spec.inputs),
-                      "params": _describe_params(w, spec, params, in_scales)})
+                      "params": _describe_params(w, spec, params, in_scales, dp)})
         if spec.op in ("attention_scores", "attention_context"):
             entry["params"]["num_heads"] = num_heads
+        if spec.name in events:
+            entry["overflow_events"] = [_event_dict(r) for r in events[spec.name]]
         manifest_ops.append(entry)
+    # records of the attention GEMMs are filed under the attention block (``...attention.self``)
+    op_names = {e["name"] for e in manifest_ops}
+    other_events = [_event_dict(r) for name, recs in events.items() if name not in op_names for r in recs]
 
     folder = getattr(model, "source", "") or ""
     files = list(checkpoint_files)
@@ -471,6 +626,7 @@ def write_vectors(
         "format": "ibert-ref golden vectors",
         "format_version": FORMAT_VERSION,
         "datapath": dp.name,
+        **datapath_manifest(dp),
         "model": {
             "source": folder,
             "config": {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -482,6 +638,7 @@ def write_vectors(
                       "ceil(bits/4) lowercase hex digits",
         "npz": NPZ_NAME,
         "warnings": w.warnings,
+        "overflow_events": other_events,
         "inputs": manifest_inputs,
         "ops": manifest_ops,
     }
@@ -550,17 +707,21 @@ def params_from_manifest(entry: dict, arrays: Dict[str, np.ndarray], dp):
 def rerun_op(entry: dict, arrays: Dict[str, np.ndarray], manifest: dict, dp=None) -> np.ndarray:
     """Re-run one op of a vectors folder from the files alone; returns its output integers.
 
-    The inputs are the arrays named in ``entry["inputs"]``, their scales come from their own
+    The inputs are the arrays named in ``entry["inputs"]``, their scales (and, for a value a
+    hardware profile holds with a power-of-two exponent, that ``exponent``) come from their own
     manifest entries, the constants from ``entry["params"]``; the kernel is the same
-    :mod:`ibert_ref.kernels` function the model uses, on the manifest's datapath.
+    :mod:`ibert_ref.kernels` function the model uses, on the manifest's datapath with its
+    recorded parameters (:func:`datapath_from_manifest`).
     """
-    from .datapath import make_datapath
-
-    dp = dp or make_datapath(manifest["datapath"])
+    dp = dp or datapath_from_manifest(manifest)
     by_name = {e["name"]: e for e in manifest["inputs"] + manifest["ops"]}
-    inputs = [arrays[by_name[n]["npz_key"]] for n in entry["inputs"]]
-    scales = [np.asarray(by_name[n].get("scale", [1.0]), dtype=F32) for n in entry["inputs"]]
+    inputs = []
+    for n in entry["inputs"]:
+        ref = by_name[n]
+        exponent = ref.get("exponent")
+        inputs.append(OpValue(np.asarray(arrays[ref["npz_key"]], dtype=np.int64),
+                              np.asarray(ref.get("scale", [1.0]), dtype=F32),
+                              None if exponent is None else np.asarray(exponent, dtype=np.int64)))
     spec = OpSpec(entry["name"], entry["kind"], entry["op"], tuple(entry["inputs"]), None)
     heads = entry["params"].get("num_heads") or manifest["model"]["config"]["num_attention_heads"]
-    q, _ = _run(dp, spec, params_from_manifest(entry, arrays, dp), heads, inputs, scales)
-    return q
+    return run_op(dp, spec, params_from_manifest(entry, arrays, dp), heads, inputs).ints

@@ -206,3 +206,72 @@ def test_values_wider_than_declared_are_widened_and_flagged_or_refused(tmp_path,
                                   arrays[ln["npz_key"]])
     with pytest.raises(VectorsError, match="embeddings.LayerNorm.*declared 8"):
         write_vectors(model, ids, tmp_path / "strict", param_hex=False, strict_widths=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Hardware profiles: vectors of every registered profile re-run op by op from the files alone
+def _profile_cases():
+    from ibert_ref.datapath import available_datapaths
+
+    named = [(n, {}) for n in available_datapaths() if n not in ("exact", "transformers")]
+    return named + [
+        ("generic", dict(acc_bits=24, overflow="saturate", k_step=32, requant="gemmlowp", gelu="int32")),
+        ("generic", dict(acc_bits=16, overflow="wrap", exp="shift-right", ln_var="int32-sat", probs="u8-sat")),
+        ("generic", dict(exp="left-shift", requant="cutlass-f32", gelu="int32", sqrt="float32")),
+    ]
+
+
+@pytest.mark.parametrize("name,kw", _profile_cases(), ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={x}" for k, x in v.items()) or "defaults")
+def test_profile_vectors_rerun_op_by_op_from_their_files(tmp_path, name, kw):
+    from ibert_ref.datapath import make_datapath
+
+    dp = make_datapath(name, **kw)
+    model = IBertModel.from_pretrained(datapath=dp)
+    enc = Tokenizer.from_pretrained()(TEXTS)
+    write_vectors(model, enc["input_ids"], tmp_path, attention_mask=enc["attention_mask"])
+    man, arrays = load_vectors(tmp_path)
+    # the manifest alone rebuilds the profile: name, every parameter, and what each one computes
+    assert man["datapath"] == dp.name
+    assert man["datapath_parameters"] == dp.parameters()
+    assert set(man["datapath_semantics"]) == set(dp.parameters())
+    assert all(isinstance(v, str) and v for v in man["datapath_semantics"].values())
+    for e in man["ops"]:
+        np.testing.assert_array_equal(rerun_op(e, arrays, man), arrays[e["npz_key"]], err_msg=e["name"])
+    # the overflow records of the run are in the manifest, named as the model names them
+    run = model(enc["input_ids"], attention_mask=enc["attention_mask"])
+    written = [ev["text"] for e in man["ops"] for ev in e.get("overflow_events", [])] + [
+        ev["text"] for ev in man["overflow_events"]]
+    assert sorted(written) == sorted(r.describe() for r in run.overflow_events)
+    gelu = next(e for e in man["ops"] if e["op"] == "int_gelu")
+    if dp.gelu == "int32":  # the int32 IntGELU's output is held with exponent 3k, recorded
+        k = arrays[gelu["params"]["int32_constants"]["k"]["npz_key"]]
+        np.testing.assert_array_equal(np.asarray(gelu["exponent"]), 3 * k)
+    else:
+        assert "exponent" not in gelu
+
+
+def test_profile_vectors_rerun_needs_the_exponent(tmp_path):
+    """The next requantization of an int32 IntGELU output reads the recorded exponent: without
+    it the re-run differs (so the test above really checks the variant's wiring)."""
+    model = IBertModel.from_pretrained(datapath="arm")
+    enc = Tokenizer.from_pretrained()(TEXTS)
+    write_vectors(model, enc["input_ids"], tmp_path, attention_mask=enc["attention_mask"])
+    man, arrays = load_vectors(tmp_path)
+    gelu_name = "encoder.layer.0.intermediate.intermediate_act_fn"
+    e = next(op for op in man["ops"] if op["inputs"] == [gelu_name])
+    np.testing.assert_array_equal(rerun_op(e, arrays, man), arrays[e["npz_key"]])
+    for op in man["ops"]:
+        if op["name"] == gelu_name:
+            del op["exponent"]
+    assert not np.array_equal(rerun_op(e, arrays, man), arrays[e["npz_key"]])
+
+
+@pytest.mark.parametrize("datapath", ["arm", "tensor-core"])
+def test_cli_vectors_under_a_profile(tmp_path, capsys, datapath):
+    out = tmp_path / "v"
+    assert main(["vectors", "--text", "hello world", "--datapath", datapath, "--out", str(out)]) == 0
+    man, arrays = load_vectors(out)
+    assert man["datapath"] == datapath and man["datapath_parameters"]["gelu"] == "int32"
+    for e in man["ops"]:
+        np.testing.assert_array_equal(rerun_op(e, arrays, man), arrays[e["npz_key"]], err_msg=e["name"])

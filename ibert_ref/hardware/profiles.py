@@ -235,6 +235,44 @@ class HardwareDatapath(ExactDatapath):
             probs=self.probs,
         )
 
+    def semantics(self) -> dict:
+        """Parameter -> what its current value computes (integer semantics, one line each;
+        recorded in the golden vectors' manifest). Parameters without an entry here are
+        described by the module docstring."""
+        acc = (f"int8 x int8 products summed exactly per k-chunk of "
+               f"{'all of K' if self.k_step is None else self.k_step} terms, the running sum held in a signed "
+               f"{self.acc_bits}-bit register after each chunk (chunks in increasing k), the int32 bias added "
+               f"after the last chunk in the same register")
+        table = {
+            "acc_bits": acc,
+            "overflow": {"wrap": "a value that does not fit keeps its low bits (two's complement), recorded",
+                         "saturate": "a value that does not fit is clamped to the register's range, recorded",
+                         "raise": "a value that does not fit stops the run (IntegerOverflowError naming the op)",
+                         "exact": "the exact value is kept; where it would not fit is recorded"}[self.overflow],
+            "k_step": acc,
+            "requant": REQUANT_MODES[self.requant] + (
+                "; int32 input z (a wider z is narrowed under 'overflow', recorded), TFLite multiplier "
+                "(m32, shift = 31 - e), |m| = 2^31 stored as (m/2, shift+1)" if self.requant != "ibert" else
+                "; any input width, the product z*m exact"),
+            "exp": {"fold": "R(poly * m / 2^(e - 30 + q)): i-exp's left shift folded into the requantization shift",
+                    "shift-right": "R((poly >> q) * m / 2^(e - 30)): floor shift first",
+                    "left-shift": "exp_int = poly << (30 - q) held in the acc_bits register under 'overflow', "
+                                  "then R(exp_int * m / 2^e)"}[self.exp],
+            "gelu": {"wide": "IntGELU x * (erf_q + one) in int64 (~40 bits)",
+                     "int32": f"IntGELU on x' = sat{GELU_X_BITS}(x >> k) with b' = b >> k, c' = c >> 2k, "
+                              "one' = one >> 2k (floors, k per channel), every value in int32; the output is held "
+                              "with exponent 3k (data * 2^(3k) at the compiled scale), folded into the next "
+                              "requantization's shift"}[self.gelu],
+            "ln_var": {"int64": "IntLayerNorm var = sum((y >> shift)^2) exact in int64",
+                       "uint32": "var modulo 2^32 read unsigned (exact below 2^32; a wrap is recorded)",
+                       "int32-sat": "var in a saturating int32 accumulator (clamps at 2^31 - 1, recorded)"}[self.ln_var],
+            "sqrt": {"isqrt": "exact integer floor-sqrt",
+                     "float32": "floor(sqrtf(float32(var)))"}[self.sqrt],
+            "probs": {"u9": "P V operand: probabilities 0..256 as they are (9 bits unsigned)",
+                      "u8-sat": "P V operand: probabilities clamped to 255 (u8), recorded"}[self.probs],
+        }
+        return {k: table.get(k, "see ibert_ref.hardware.profiles") for k in self.parameters()}
+
     def describe(self) -> str:
         """One line: accumulator, rounding and variants."""
         k = "all of K" if self.k_step is None else f"k_step {self.k_step}"
