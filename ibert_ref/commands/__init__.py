@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 
 from ..datapath import available_datapaths
+from ._args import HelpFormatter, model_name, nonempty, profile_option  # noqa: F401  (re-exported)
+from ._inputs import hub_preflight
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    """--model / --revision / --cache-dir / --local-files-only / --datapath / --gemm."""
+    """--model / --revision / --cache-dir / --local-files-only / --datapath / --gemm / --profile-option."""
     p.add_argument(
         "--model",
         default=None,
+        type=model_name,
         help="Hub id or local folder of an I-BERT checkpoint (default: the bundled tiny model)",
     )
-    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
-    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
-    p.add_argument("--local-files-only", action="store_true", help="never touch the network (also HF_HUB_OFFLINE=1)")
+    add_hub_options(p)
     p.add_argument(
         "--datapath",
         default="exact",
@@ -33,6 +34,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--profile-option",
         action="append",
         default=[],
+        type=profile_option,
         metavar="KEY=VALUE",
         help="hardware profile parameter, repeatable: acc_bits=24, overflow=wrap|saturate|raise|exact, "
         "k_step=32|none, requant=ibert|arm|gemmlowp|tflite-double|tflite-single|cutlass-f32, "
@@ -41,22 +43,54 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model_and_tokenizer(args):
-    """Build (IBertModel, Tokenizer) from the common options."""
+def add_hub_options(p: argparse.ArgumentParser) -> None:
+    """--revision / --cache-dir / --local-files-only."""
+    p.add_argument("--revision", default=None, type=nonempty("revision"), help="Hub revision (branch, tag or commit)")
+    p.add_argument("--cache-dir", default=None, type=nonempty("folder name"), help="Hugging Face cache folder")
+    p.add_argument("--local-files-only", action="store_true", help="never touch the network (also HF_HUB_OFFLINE=1)")
+
+
+def model_source(args):
+    """The folder or Hub id the command reads (--model, or the bundled model), after checking once
+    that a Hub id can be reached (see :func:`~ibert_ref.commands._inputs.hub_preflight`); sets
+    ``args.local_files_only`` when only the cache can serve it."""
     from ..data import default_model_path
+
+    name = args.model or default_model_path()
+    args.local_files_only = hub_preflight(name, revision=getattr(args, "revision", None),
+                                          cache_dir=getattr(args, "cache_dir", None),
+                                          local_files_only=getattr(args, "local_files_only", False))
+    return name
+
+
+def hub_kwargs(args) -> dict:
+    return dict(revision=getattr(args, "revision", None), cache_dir=getattr(args, "cache_dir", None),
+                local_files_only=getattr(args, "local_files_only", False))
+
+
+def build_datapath(args):
+    """--datapath (+ --gemm, --profile-option) -> a datapath name or object for from_pretrained."""
+    if not getattr(args, "profile_option", None):
+        return args.datapath
+    from ..datapath import make_datapath
+    from ..hardware.profiles import PROFILES, parse_profile_options
+
+    if args.datapath not in PROFILES:
+        raise ValueError(f"--profile-option applies to the hardware profiles ({', '.join(PROFILES)}), "
+                         f"not --datapath {args.datapath}")
+    return make_datapath(args.datapath, **parse_profile_options(args.profile_option))
+
+
+def load_model_and_tokenizer(args, with_checkpoint: bool = False):
+    """Build (IBertModel, Tokenizer) from the common options (and the loaded Checkpoint when asked)."""
+    from ..loading import load_checkpoint
     from ..model import IBertModel
     from ..tokenizer import Tokenizer
 
-    name = args.model or default_model_path()
-    kw = dict(revision=args.revision, cache_dir=args.cache_dir, local_files_only=args.local_files_only)
-    datapath = args.datapath
-    if getattr(args, "profile_option", None):
-        from ..datapath import make_datapath
-        from ..hardware.profiles import PROFILES, parse_profile_options
-
-        if args.datapath not in PROFILES:
-            raise ValueError(f"--profile-option applies to the hardware profiles {tuple(PROFILES)}, not {args.datapath!r}")
-        datapath = make_datapath(args.datapath, gemm=args.gemm, **parse_profile_options(args.profile_option))
-    model = IBertModel.from_pretrained(name, datapath=datapath, gemm=args.gemm, **kw)
+    name = model_source(args)
+    kw = hub_kwargs(args)
+    datapath = build_datapath(args)
+    checkpoint = load_checkpoint(name, **kw)
+    model = IBertModel.from_checkpoint(checkpoint, datapath=datapath, gemm=args.gemm)
     tokenizer = Tokenizer.from_pretrained(name, **kw)
-    return model, tokenizer
+    return (model, tokenizer, checkpoint) if with_checkpoint else (model, tokenizer)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-
-from .calibrate import add_calibration_options, print_result
+from . import add_hub_options, hub_kwargs, model_source
+from ._args import HelpFormatter, model_name, nonempty
+from .calibrate import add_calibration_options, calibrate, print_result
 
 
 def add_parser(sub) -> None:
@@ -15,53 +15,36 @@ def add_parser(sub) -> None:
         "I-BERT layout: same module names; for BERT the position table is shifted by pad_token_id + 1 rows "
         "(I-BERT numbers tokens from pad+1) and max_position_embeddings grows accordingly; every quantization "
         "buffer is added. Task heads are dropped, the pooler kept. With --texts the result is calibrated "
-        "(see `ibert-ref calibrate`); without, it is written uncalibrated.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "(see `ibert-ref calibrate`); without, it is written uncalibrated. --out is written whole or not at "
+        "all (a temporary folder beside it, renamed into place when conversion and calibration are done).",
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", required=True, help="folder or Hub id of a float BERT/RoBERTa checkpoint")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--texts", default=None, help="calibration texts, one per line (omit: write uncalibrated)")
-    p.add_argument("--revision", default=None, help="Hub revision")
-    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
-    p.add_argument("--local-files-only", action="store_true", help="never touch the network")
+    p.add_argument("--model", required=True, type=model_name, help="folder or Hub id of a float BERT/RoBERTa checkpoint")
+    p.add_argument("--out", required=True, type=nonempty("folder name"),
+                   help="output folder: new or empty (or replaced whole with --overwrite); not the input folder")
+    p.add_argument("--texts", default=None, type=nonempty("file name"),
+                   help="calibration texts, one per line, e.g. examples/calib.txt (omit: write uncalibrated)")
+    add_hub_options(p)
     add_calibration_options(p)
     p.set_defaults(func=run_convert)
 
 
 def run_convert(args) -> int:
-    from ..calibrate import calibrate_checkpoint, read_texts
     from ..convert import convert_checkpoint
+    from ..outdir import check_output_dir, output_dir
+    from ._inputs import read_text_lines
 
-    texts = read_texts(args.texts) if args.texts else None
-    search = args.range_method != "ema"
-    conv, result = convert_checkpoint(
-        args.model,
-        args.out,
-        texts=None if search else texts,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        datapath=args.calib_datapath,
-        gemm=args.gemm,
-        momentum=args.momentum,
-        progress=not args.no_progress,
-        revision=args.revision,
-        cache_dir=args.cache_dir,
-        local_files_only=args.local_files_only,
-    )
-    if search and texts is not None:  # convert_checkpoint calibrates with the EMA only: calibrate in place
-        result = calibrate_checkpoint(
-            args.out,
-            texts=texts,
-            out=args.out,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            datapath=args.calib_datapath,
-            gemm=args.gemm,
-            range_method=args.range_method,
-            percentile=args.percentile,
-            search_target=args.search_target,
-            progress=not args.no_progress,
-        )
+    source = model_source(args)
+    check_output_dir(args.out, overwrite=args.overwrite, inputs=[source])
+    texts = read_text_lines(args.texts) if args.texts else None
+    result = None
+    with output_dir(args.out, overwrite=args.overwrite, inputs=[source]) as tmp:
+        conv, _ = convert_checkpoint(source, tmp, texts=None, progress=not args.no_progress, **hub_kwargs(args))
+        if texts is not None:  # calibrate the converted folder in place, inside the temporary folder
+            result = calibrate(args, str(tmp), texts, tmp, range_method=args.range_method,
+                               momentum=args.momentum, reset=True)
+    if result is not None:
+        result.folder = args.out
     print(f"converted {conv.source_type} -> ibert: {len(conv.tensors)} tensors in {args.out}")
     for note in conv.notes:
         print(f"  {note}")
@@ -69,7 +52,7 @@ def run_convert(args) -> int:
         print(f"  dropped {len(conv.dropped)} tensor(s) I-BERT has no module for: {', '.join(conv.dropped[:6])}"
               + (" ..." if len(conv.dropped) > 6 else ""))
     if result is None:
-        print("not calibrated: run `ibert-ref calibrate --model OUT --texts FILE --out OUT` before using it")
+        print("not calibrated: run `ibert-ref calibrate --model OUT --texts FILE --out NEW_FOLDER` before using it")
     else:
         print_result(result)
     return 0

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from . import add_model_options
+from . import add_model_options, build_datapath, hub_kwargs, model_source
+from ._args import HelpFormatter, nonempty
 from .verify import add_input_options, read_inputs
 
 
@@ -18,11 +18,16 @@ def add_parser(sub) -> None:
         "integers as a $readmemh file (one element per line, row-major, two's complement at the op's declared "
         "width), all arrays in vectors.npz, and manifest.json: shapes, dtypes, widths, scales, dyadic (m, e) "
         "multipliers, polynomial constants, each op's inputs, the input ids and the sha256 of the model files. "
-        "Any single op can be re-run from these files (ibert_ref.vectors.rerun_op).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Any single op can be re-run from these files (ibert_ref.vectors.rerun_op). "
+        "The folder is written whole or not at all: into a temporary folder beside --out, renamed into place "
+        "at the end.",
+        formatter_class=HelpFormatter,
     )
     add_input_options(p)
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--out", required=True, type=nonempty("folder name"),
+                   help="output folder: new or empty (or replaced whole with --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --out whole (no file of an earlier run survives)")
     p.add_argument("--strict-widths", action="store_true",
                    help="fail when an op's values need more bits than its declared width (default: write them "
                    "wider, flag them in the manifest and warn)")
@@ -33,22 +38,18 @@ def add_parser(sub) -> None:
 
 
 def run_vectors(args) -> int:
-    from ..data import default_model_path
     from ..model import IBertModel
+    from ..outdir import check_output_dir, output_dir
     from ..vectors import write_vectors
 
-    folder = args.model or default_model_path()
-    datapath = args.datapath
-    if getattr(args, "profile_option", None):
-        from ..datapath import make_datapath
-        from ..hardware.profiles import parse_profile_options
-
-        datapath = make_datapath(args.datapath, **parse_profile_options(args.profile_option))
-    model = IBertModel.from_pretrained(folder, datapath=datapath, gemm=args.gemm, revision=args.revision,
-                                       cache_dir=args.cache_dir, local_files_only=args.local_files_only)
+    folder = model_source(args)
+    check_output_dir(args.out, overwrite=args.overwrite, inputs=[folder])  # before the model loads
+    model = IBertModel.from_pretrained(folder, datapath=build_datapath(args), gemm=args.gemm, **hub_kwargs(args))
     ids, mask = read_inputs(args, model.source or folder)
-    manifest = write_vectors(model, ids, args.out, attention_mask=mask, param_hex=not args.no_param_hex,
-                             strict_widths=args.strict_widths)
+    inputs = [folder, model.source] + ([args.input_ids] if args.input_ids else [])
+    with output_dir(args.out, overwrite=args.overwrite, inputs=inputs) as tmp:
+        manifest = write_vectors(model, ids, tmp, attention_mask=mask, param_hex=not args.no_param_hex,
+                                 strict_widths=args.strict_widths)
     for warning in manifest["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     out = Path(args.out)

@@ -8,35 +8,40 @@ import os
 import sys
 
 from ..datapath import available_datapaths
+from . import add_hub_options, hub_kwargs, model_source
+from ._args import HelpFormatter, input_text, model_name, nonempty
 
 
 def add_input_options(p: argparse.ArgumentParser) -> None:
     """--text / --input-ids (one of them is required)."""
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", nargs="+", default=None, help="input text(s); several texts form a padded batch")
+    src.add_argument("--text", nargs="+", default=None, type=input_text,
+                     help="input text(s); several texts form a padded batch")
     src.add_argument(
         "--input-ids",
         default=None,
         metavar="FILE",
+        type=nonempty("file name"),
         help="token ids instead of text: .npy/.npz (input_ids [+ attention_mask]), .json (list of id lists "
-        "or {input_ids, attention_mask}) or text (one sequence per line, ids separated by spaces/commas)",
+        "or {input_ids, attention_mask}) or text (one sequence per line, ids separated by spaces/commas); "
+        "integers only, a mask of exactly the ids' shape holding 0/1; ragged rows without a mask are padded",
     )
 
 
 def read_inputs(args, model_folder):
     """``(input_ids, attention_mask)`` from --text (tokenized with the model's tokenizer) or --input-ids."""
     from ..tokenizer import Tokenizer
-    from ..vectors import read_input_ids
+    from ._inputs import read_ids_file
 
-    kw = dict(revision=getattr(args, "revision", None), cache_dir=getattr(args, "cache_dir", None),
-              local_files_only=getattr(args, "local_files_only", False))
+    kw = hub_kwargs(args)
     if args.text is not None:
         enc = Tokenizer.from_pretrained(model_folder, **kw)(args.text)
         return enc["input_ids"], enc["attention_mask"]
     from ..loading import read_json, resolve_file
 
     config = read_json(resolve_file(model_folder, "config.json", **kw))
-    return read_input_ids(args.input_ids, pad_token_id=config.get("pad_token_id", 1))
+    pad = config.get("pad_token_id", 1)
+    return read_ids_file(args.input_ids, pad_token_id=pad if isinstance(pad, int) and pad >= 0 else 1)
 
 
 def add_parser(sub) -> None:
@@ -50,12 +55,11 @@ def add_parser(sub) -> None:
         "layer-input scale is checked against the producer's scale). Two modes: 'replay' feeds each op "
         "transformers' own inputs (a kernel difference, never a cascade); 'e2e' runs the models end to end. "
         "Exit code 0 when every difference is explained, 1 otherwise.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", default=None, help="folder or Hub id of a quant-mode I-BERT (default: bundled tiny model)")
-    p.add_argument("--revision", default=None, help="Hub revision")
-    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
-    p.add_argument("--local-files-only", action="store_true", help="never touch the network")
+    p.add_argument("--model", default=None, type=model_name,
+                   help="folder or Hub id of a quant-mode I-BERT (default: bundled tiny model)")
+    add_hub_options(p)
     add_input_options(p)
     p.add_argument("--datapath", default="transformers", choices=available_datapaths(),
                    help="our datapath: transformers (expect 100%% agreement with --gemm torch), exact, or a profile")
@@ -63,12 +67,42 @@ def add_parser(sub) -> None:
                    help="float32 GEMM order of the transformers datapath")
     p.add_argument("--mode", default="both", choices=("replay", "e2e", "both"), help="which comparison(s) to print")
     p.add_argument("--all-ops", action="store_true", help="list every op, not only the differing ones")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the full report as JSON")
+    p.add_argument("--json", default=None, metavar="FILE", type=nonempty("file name"),
+                   help="also write the full report as JSON")
     p.set_defaults(func=run_verify)
 
 
+def check_output_file(path, option: str) -> None:
+    """Refuse an output file path that is a folder or lies in a missing folder / a file (before the run)."""
+    from ..outdir import OutputDirError
+
+    if os.path.isdir(path):
+        raise OutputDirError(f"{option} {path!r} is a folder; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise OutputDirError(f"{option} {path!r}: the folder {parent!r} does not exist")
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it (renamed into place)."""
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        from ..outdir import current_umask
+
+        os.chmod(tmp, 0o666 & ~current_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def run_verify(args) -> int:
-    from ..data import default_model_path
     from ..loading import resolve_file
 
     try:
@@ -76,9 +110,10 @@ def run_verify(args) -> int:
     except ImportError as exc:  # torch / transformers missing
         raise ImportError(f"verify needs the verify extra (pip install 'ibert-ref[verify]'): {exc}") from exc
 
-    folder = args.model or default_model_path()
-    config_path = resolve_file(folder, "config.json", revision=args.revision, cache_dir=args.cache_dir,
-                               local_files_only=args.local_files_only)
+    if args.json:
+        check_output_file(args.json, "--json")
+    folder = model_source(args)
+    config_path = resolve_file(folder, "config.json", **hub_kwargs(args))
     folder = os.path.dirname(config_path)
     ids, mask = read_inputs(args, folder)
     modes = ("replay", "e2e")
@@ -87,7 +122,6 @@ def run_verify(args) -> int:
     shown = None if args.mode == "both" else args.mode
     print(report.format(mode=shown, only_differing=not args.all_ops))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.to_dict(), f, indent=1)
+        write_text_atomic(args.json, json.dumps(report.to_dict(), indent=1) + "\n")
         print(f"report written to {args.json}", file=sys.stderr)
     return 0 if report.ok else 1

@@ -7,6 +7,7 @@ import argparse
 import numpy as np
 
 from . import add_model_options, load_model_and_tokenizer
+from ._args import HelpFormatter, check_layers, input_text, layer_list
 from .run import format_overflow_events
 
 
@@ -20,10 +21,12 @@ def add_parser(sub) -> None:
         "min/max, the bits needed (signed; unsigned when min >= 0), I-BERT's nominal width (declared output "
         "width; 32 for intermediates) and the width the --datapath models it in. Flags: '!' the profile cannot "
         "hold the value (it wrapped/saturated: see the overflow events), '*' it needs more than the nominal width.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--text", nargs="+", default=None, help="input text(s); several texts form a padded batch")
-    p.add_argument(
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", nargs="+", default=None, type=input_text,
+                     help="input text(s); several texts form a padded batch")
+    src.add_argument(
         "--ids",
         action="append",
         default=None,
@@ -32,16 +35,17 @@ def add_parser(sub) -> None:
         "a one-id sequence gives single-key softmax rows)",
     )
     add_model_options(p)
-    p.add_argument("--layers", default=None, help="only these encoder layers, e.g. '0' or '0,3'; 'emb' = embeddings")
+    p.add_argument("--layers", default=None, type=layer_list(embeddings=True),
+                   help="only these encoder layers, e.g. '0' or '0,3'; 'emb' = embeddings")
     p.add_argument("--flagged", action="store_true", help="only rows flagged '!' or '*'")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(func=run_widths)
 
 
 def parse_layers(spec):
-    """'0,3' -> {0, 3}; 'emb' is the embeddings (-1); None -> None (all)."""
-    if spec is None:
-        return None
+    """'0,3' -> {0, 3}; 'emb' is the embeddings (-1); None -> None (all); a parsed set as it is."""
+    if spec is None or isinstance(spec, (set, frozenset)):
+        return spec
     out = set()
     for item in spec.split(","):
         item = item.strip()
@@ -49,9 +53,11 @@ def parse_layers(spec):
     return out
 
 
-def ids_batch(sequences, pad_id: int):
+def ids_batch(sequences, pad_id: int, vocab_size=None):
     """Pad id sequences (strings of ints) into (input_ids, attention_mask)."""
-    seqs = [[int(t) for t in s.replace(",", " ").split()] for s in sequences]
+    from ._inputs import parse_id_list
+
+    seqs = [parse_id_list(s, "--ids", vocab_size) for s in sequences]
     if any(len(s) == 0 for s in seqs):
         raise ValueError("--ids needs at least one id per sequence")
     width = max(len(s) for s in seqs)
@@ -66,11 +72,10 @@ def ids_batch(sequences, pad_id: int):
 def run_widths(args) -> int:
     from ..widths import width_census
 
-    if not args.text and not args.ids:
-        raise ValueError("give --text TEXT [TEXT ...] or --ids 'ID ID ...'")
     model, tokenizer = load_model_and_tokenizer(args)
+    check_layers({n for n in args.layers or () if n >= 0}, int(model.config["num_hidden_layers"]))
     if args.ids:
-        input_ids, mask = ids_batch(args.ids, model.config.get("pad_token_id", 1))
+        input_ids, mask = ids_batch(args.ids, model.config.get("pad_token_id", 1), model.config.get("vocab_size"))
     else:
         enc = tokenizer(args.text)
         input_ids, mask = enc["input_ids"], enc["attention_mask"]
