@@ -141,7 +141,10 @@ def _signed_limits(bits: int) -> tuple:
 
 
 def _wrap_signed(x_i64, bits: int):
-    """Low ``bits`` bits of int64 ``x`` read as signed (two's complement)."""
+    """Low ``bits`` bits of int64 ``x`` read as signed (two's complement); ``bits >= 64``:
+    ``x`` itself (an int64 already is its low 64 bits)."""
+    if bits >= 64:
+        return np.asarray(x_i64, dtype=I64)
     lo, hi = _signed_limits(bits)
     low = np.asarray(x_i64, dtype=I64) & I64((1 << bits) - 1)
     return np.where(low > hi, low - I64(1 << bits), low)

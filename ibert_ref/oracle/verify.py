@@ -726,6 +726,240 @@ class VerifyReport:
         )
 
 
+# ---------------------------------------------------------------------------------------
+# Hardware profiles: the profile against the exact datapath, every difference classed by the
+# profile's documented deviation
+#: The exact value of each hardware-profile parameter (switching one back to it undoes that
+#: one deviation; ``acc_bits=64`` holds every int8 GEMM exactly, so no wrap or saturation).
+EXACT_PARAMETERS = dict(acc_bits=64, k_step=None, requant="ibert", exp="fold", gelu="wide", ln_var="int64",
+                        sqrt="isqrt", probs="u9")
+
+PROFILE_CAUSES = {
+    "k_step": "saturating accumulation per k-chunk (saturation is order dependent): one chunk over all of K agrees",
+    "accumulator": "the GEMM accumulator wrapped or saturated in acc_bits: a 64-bit register agrees",
+    "requant": "the profile's requantization (rounding, int32 input narrowing): I-BERT's RNE agrees",
+    "exp": "the profile's i-exp variant: the folded (exact) variant agrees",
+    "gelu": "the profile's int32 IntGELU (x >> k, shifted constants): the wide IntGELU agrees",
+    "ln_var": "the profile's LayerNorm variance register: the int64 sum agrees",
+    "sqrt": "the profile's square root: the integer floor-sqrt agrees",
+    "probs": "the profile's P V operand (u8 clamp of 256): the 9-bit probabilities agree",
+    "cascade": "the op computes what the exact datapath computes on its inputs; its inputs differ (upstream)",
+    "input-representation": "the input is the profile's own representation of its producer's output "
+    "(int32 IntGELU: x >> k, exponent 3k); the exact kernel on that input agrees",
+    "unexplained": "no single switch (or pair of switches) back to exact reproduces the exact datapath",
+}
+
+
+def _cause_text(key: str) -> str:
+    return PROFILE_CAUSES.get(key, f"the profile's {key} variant: its exact value agrees")
+
+
+def is_profile(dp) -> bool:
+    """Whether ``dp`` is a hardware profile (parameters that can be switched back to exact)."""
+    return callable(getattr(dp, "parameters", None)) and callable(getattr(dp, "semantics", None))
+
+
+def _switched(dp, overrides: dict, name: str):
+    """A copy of profile ``dp`` (same class) with ``overrides`` set and a fresh log."""
+    import copy
+
+    from ..hardware.oplog import OpLog
+
+    d = copy.copy(dp)
+    for k, v in overrides.items():
+        setattr(d, k, v)
+    d.oplog = OpLog()
+    d._gelu_constants = {}
+    d.name = name
+    return d
+
+
+def profile_switches(dp) -> List[tuple]:
+    """``[(cause key, label, overrides)]``: each documented deviation of profile ``dp`` from
+    the exact datapath, and the parameter values that switch it back. Kernel variants come
+    first (an i-exp left shift held in ``acc_bits`` is the exp variant's cost), then the
+    k-step, then the accumulator width (wrap/saturate)."""
+    p = dp.parameters()
+    exact = _exact_values(dp)
+    out = []
+    for key in exact:
+        if key not in ("k_step", "acc_bits") and key in p and p[key] != exact[key]:
+            out.append((key, f"{key}={p[key]}", {key: exact[key]}))
+    if p.get("k_step") is not None:
+        out.append(("k_step", f"k_step={p['k_step']}", {"k_step": None}))
+    if p.get("acc_bits", 64) != 64:
+        out.append(("accumulator", f"accumulator int{p['acc_bits']} {p.get('overflow')}", {"acc_bits": 64}))
+    return out
+
+
+def _exact_values(dp) -> dict:
+    """Parameter -> its exact value: :data:`EXACT_PARAMETERS`, plus what a profile class
+    declares for parameters of its own (``exact_parameters()``, e.g. an x86 madd variant)."""
+    own = getattr(dp, "exact_parameters", None)
+    return {**EXACT_PARAMETERS, **(dict(own()) if callable(own) else {})}
+
+
+def _exact_twin(dp):
+    """Profile ``dp`` with every known parameter at its exact value: the exact datapath's
+    integers, and it reads a profile's pre-shifted inputs (exponents) as the profile does."""
+    known = {k: v for k, v in _exact_values(dp).items() if k in dp.parameters()}
+    return _switched(dp, known, "exact (every parameter switched back)")
+
+
+def _differs(a, b) -> bool:
+    if a.ints.shape != b.ints.shape or not np.array_equal(a.ints, b.ints):
+        return True
+    ea = None if a.exponent is None else np.asarray(a.exponent)
+    eb = None if b.exponent is None else np.asarray(b.exponent)
+    return (ea is None) != (eb is None) or (ea is not None and not np.array_equal(ea, eb))
+
+
+def _classify_profile_op(dp, twin, switches, spec, params, heads, inputs, ours, reference, cascade_from):
+    """Class every element where ``ours`` (the profile's output on ``inputs``) differs from
+    ``reference`` (the exact datapath's output). Returns (cause array, evidence)."""
+    from ..vectors import run_op
+
+    cause = np.full(reference.shape, "", dtype=object)
+    evidence: Dict[str, str] = {}
+    diff = ours != reference
+    if not diff.any():
+        return cause, evidence
+    x = run_op(twin, spec, params, heads, inputs).ints  # the exact kernel on the same inputs
+    own = diff & (ours != x)
+    if (diff & ~own).any():
+        if cascade_from:
+            key, text = cascade_from
+            cause[diff & ~own] = key
+            evidence[key] = text
+        else:
+            cause[diff & ~own] = "unexplained"
+            evidence["unexplained"] = "inputs equal the exact datapath's and the exact kernel on them agrees with the profile"
+    if own.any():
+        left = own.copy()
+        for key, label, overrides in switches:
+            if not left.any():
+                break
+            y = run_op(_switched(dp, overrides, label), spec, params, heads, inputs).ints
+            hit = left & (y == x)
+            if hit.any():
+                cause[hit] = label
+                evidence[label] = f"{_cause_text(key)} (re-run with {overrides})"
+                left &= ~hit
+        for i, (ka, la, oa) in enumerate(switches):
+            for kb, lb, ob in switches[i + 1:]:
+                if not left.any():
+                    break
+                y = run_op(_switched(dp, {**oa, **ob}, la + " + " + lb), spec, params, heads, inputs).ints
+                hit = left & (y == x)
+                if hit.any():
+                    label = f"{la} + {lb}"
+                    cause[hit] = label
+                    evidence[label] = f"{_cause_text(ka)}; and {_cause_text(kb)} (re-run with both switched back)"
+                    left &= ~hit
+        if left.any():
+            cause[left] = "unexplained"
+            evidence["unexplained"] = PROFILE_CAUSES["unexplained"]
+    return cause, evidence
+
+
+def verify_profile(model_folder, dp, input_ids, attention_mask, token_type_ids=None,
+                   modes=("replay", "e2e")) -> VerifyReport:
+    """Compare hardware profile ``dp`` with the exact datapath and class every difference by
+    the profile's documented deviation (no transformers involved).
+
+    Every op of the vectors op graph (:func:`ibert_ref.vectors.op_graph`: the traced modules
+    plus the ``Q K^T`` / ``P V`` accumulators and the first ``embeddings_act1`` call) is
+    compared elementwise. An element that differs is classed by re-running the op on the
+    same inputs:
+
+    * with every parameter switched back to exact (``X``; :data:`EXACT_PARAMETERS`): where the
+      profile's output equals ``X`` the op itself computed exactly — the difference came with
+      its inputs: ``cascade`` end to end (evidence: the first differing input), or, op by op,
+      ``input-representation`` (an input held in the profile's own form, see below);
+    * elsewhere with one deviation switched back at a time (:func:`profile_switches`: k-step,
+      accumulator width/wrap/saturate, requantization rounding, the i-exp / IntGELU /
+      LayerNorm-variance / sqrt / probability variants), then with pairs: an element takes the
+      first switch whose run equals ``X`` there; none: ``unexplained``.
+
+    Modes: ``e2e``: the profile's own run against the exact run; ``replay``: each op of the
+    profile fed the exact run's inputs (an input that the profile holds in another form — the
+    int32 IntGELU's pre-shifted output — is the profile's replay of its producer).
+    """
+    from ..model import IBertModel, roberta_position_ids
+    from ..vectors import OpValue, _params_of, op_graph, run_graph, run_op
+
+    exact_model = IBertModel.from_pretrained(model_folder, datapath="exact")
+    prof_model = IBertModel.from_pretrained(model_folder, datapath=dp)
+    cfg = prof_model.config
+    ids = np.asarray(input_ids, dtype=np.int64)
+    ids = ids[None, :] if ids.ndim == 1 else ids
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int64).reshape(ids.shape)
+    tt = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, np.int64).reshape(ids.shape)
+    pos = roberta_position_ids(ids, cfg.get("pad_token_id", 1))
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": tt, "position_ids": pos}
+    kw = dict(attention_mask=mask, token_type_ids=tt, position_ids=pos, return_trace=True)
+    exact_out, prof_out = exact_model(ids, **kw), prof_model(ids, **kw)
+    compiled, heads = prof_model.compiled, cfg["num_attention_heads"]
+    exact_vals, _ = run_graph(exact_model.compiled, exact_model.datapath, inputs, cfg)
+    prof_vals, events = run_graph(compiled, _switched(dp, {}, dp.name), inputs, cfg)
+    for label, vals, out in (("exact", exact_vals, exact_out), (dp.name, prof_vals, prof_out)):
+        for name, q in out.trace.items():  # the op graph is the model, op for op
+            if not np.array_equal(np.asarray(q, np.int64), vals[name].ints):
+                raise RuntimeError(f"{name}: the op graph does not reproduce the {label} model's trace")
+    twin = _exact_twin(dp)
+    switches = profile_switches(dp)
+    report = VerifyReport(model=str(model_folder), datapath=dp.name, gemm="-", input_ids=ids, attention_mask=mask)
+    report.notes.append(f"hardware profile compared with the exact datapath (not transformers): {dp.describe()}")
+    graph = op_graph(cfg["num_hidden_layers"])
+
+    if "e2e" in modes:
+        reports: Dict[str, OpReport] = {}
+        first: Optional[str] = None
+        for spec in graph:
+            ours, ref = prof_vals[spec.name], exact_vals[spec.name]
+            ins = [prof_vals[n] for n in spec.inputs]
+            bad_inputs = [n for n in spec.inputs if _differs(prof_vals[n], exact_vals[n])]
+            cascade = None
+            if bad_inputs:
+                cascade = ("cascade", f"input(s) differ from the exact run: {', '.join(bad_inputs)}; first divergence "
+                                      f"upstream: {first}")
+            cause, ev = _classify_profile_op(dp, twin, switches, spec, _params_of(compiled, spec), heads, ins,
+                                             ours.ints, ref.ints, cascade)
+            reports[spec.name] = _report(spec.name, spec.kind, ours.ints, ref.ints, cause, ev)
+            if first is None and not reports[spec.name].all_equal:
+                first = spec.name
+        report.e2e = reports
+        report.last_hidden_state_max_abs_diff = float(np.max(np.abs(prof_out.last_hidden_state
+                                                                      - exact_out.last_hidden_state)))
+        n_ev = sum(len(v) for v in events.values())
+        report.notes.append(f"overflow records of the profile's run: {n_ev}" + "".join(
+            f"\n  {r.describe()}" for recs in events.values() for r in recs[:1]))
+
+    if "replay" in modes:
+        reports = {}
+        replayed: Dict[str, OpValue] = {}
+        for spec in graph:
+            ins, reps = [], []
+            for n in spec.inputs:
+                own = replayed.get(n)
+                if own is not None and own.exponent is not None:
+                    ins.append(own)  # the profile holds this input in its own form
+                    reps.append(n)
+                else:
+                    ins.append(exact_vals[n])
+            params = _params_of(compiled, spec)
+            ours = run_op(_switched(dp, {}, dp.name), spec, params, heads, ins)
+            replayed[spec.name] = ours
+            ref = exact_vals[spec.name].ints
+            rep = None
+            if reps:
+                rep = ("input-representation", f"{PROFILE_CAUSES['input-representation']}: {', '.join(reps)}")
+            cause, ev = _classify_profile_op(dp, twin, switches, spec, params, heads, ins, ours.ints, ref, rep)
+            reports[spec.name] = _report(spec.name, spec.kind, ours.ints, ref, cause, ev)
+        report.replay = reports
+    return report
+
+
 def verify(
     model=None,
     *,
@@ -754,7 +988,6 @@ def verify(
     from ..data import default_model_path
     from ..loading import load_checkpoint
     from ..model import IBertModel
-    from .capture import capture_transformers_trace, load_transformers_ibert
 
     folder = model or default_model_path()
     if input_ids is None:
@@ -773,6 +1006,12 @@ def verify(
     if unknown or not modes:
         raise ValueError(f"modes must be a subset of ('replay', 'e2e'), got {modes}")
 
+    from ..datapath import make_datapath
+
+    if not isinstance(datapath, str) or datapath not in ("exact", "transformers"):
+        profile = make_datapath(datapath)
+        if is_profile(profile):
+            return verify_profile(folder, profile, input_ids, attention_mask, token_type_ids, modes)
     if gemm is None:
         gemm = "torch" if datapath == "transformers" else "numpy"
     ours_model = IBertModel.from_pretrained(folder, datapath=datapath, gemm=gemm)
@@ -781,6 +1020,8 @@ def verify(
 
     def get(key):
         return ckpt.tensor(key, shape=expected_shape(key, ckpt.config)).astype(F32)
+
+    from .capture import capture_transformers_trace, load_transformers_ibert
 
     tmodel = transformers_model if transformers_model is not None else load_transformers_ibert(folder)
     capture = capture_transformers_trace(tmodel, input_ids, attention_mask=attention_mask,
