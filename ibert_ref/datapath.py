@@ -311,6 +311,12 @@ class Datapath:
         None to call it once on the whole arrays, else ``runner(kernel, args, kwargs)``."""
         return None
 
+    def compiled_kernel(self, name: str):
+        """A compiled replacement of the row-local kernel ``name`` (``fn(dp, *args, **kwargs)``
+        returning the same integers, or None to let the kernel run), or None (default).
+        :class:`ibert_ref.backends.compiled.CompiledDatapath` provides them."""
+        return None
+
 
 class ExactDatapath(Datapath):
     """Exact integers (int64 arrays), true scales.
@@ -344,6 +350,8 @@ class ExactDatapath(Datapath):
 
     name = "exact"
     stale_layer_scale = False
+    #: what runs the kernels (:mod:`ibert_ref.backends`): NumPy here
+    backend = "numpy"
 
     def __init__(self, fast: bool = True):
         self.fast = bool(fast)
@@ -804,14 +812,23 @@ def _load_plugins() -> None:
         pass
 
 
-def make_datapath(name="exact", gemm: str = "numpy", **kwargs) -> Datapath:
-    """Build a datapath by name: ``"exact"``, ``"transformers"`` or a registered profile."""
+def make_datapath(name="exact", gemm: str = "numpy", backend: str = "numpy", **kwargs) -> Datapath:
+    """Build a datapath by name: ``"exact"``, ``"transformers"`` or a registered profile.
+
+    ``backend`` (exact datapath only): ``"numpy"`` (default, NumPy alone) or ``"compiled"``
+    (numba kernels and an exact int8 GEMM, :mod:`ibert_ref.backends`; the same integers)."""
     if isinstance(name, Datapath):
+        if backend != "numpy" and getattr(name, "backend", "numpy") != backend:
+            raise ValueError(f"backend={backend!r} given with an already-built datapath {name!r}")
         return name
+    if backend != "numpy" and name != "exact":
+        raise ValueError(f"backend={backend!r} applies to datapath='exact' only, not {name!r}")
     if name == "exact":
         if gemm != "numpy":
             raise ValueError("the exact datapath computes GEMMs exactly; gemm applies to datapath='transformers'")
-        return ExactDatapath(**kwargs)
+        from .backends import make_exact_datapath  # noqa: PLC0415
+
+        return make_exact_datapath(backend, **kwargs)
     if name == "transformers":
         return TransformersDatapath(gemm=gemm, **kwargs)
     _load_plugins()

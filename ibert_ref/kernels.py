@@ -30,10 +30,17 @@ def row_local(kernel):
     array arguments: reductions run along the last axis, constants are per tensor or per
     channel. A datapath may then run the kernel itself on row blocks
     (``dp.row_runner(name)``: cache-sized blocks, on several threads); the integers are
-    those of one call on the whole arrays."""
+    those of one call on the whole arrays. A datapath may also replace the whole kernel by a
+    compiled one computing the same integers (``dp.compiled_kernel(name)``: the compiled
+    backend, :mod:`ibert_ref.backends`)."""
 
     @functools.wraps(kernel)
     def run(dp, *args, **kwargs):
+        compiled = dp.compiled_kernel(kernel.__name__)  # the compiled backend's one-pass kernel
+        if compiled is not None:
+            out = compiled(dp, *args, **kwargs)
+            if out is not None:  # None: outside what it handles, the kernel below runs
+                return out
         runner = dp.row_runner(kernel.__name__)
         if runner is None:
             return kernel(dp, *args, **kwargs)

@@ -271,11 +271,13 @@ class IBertModel:
 
     # -- construction ----------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, checkpoint, datapath="exact", gemm="numpy", add_pooling_layer: bool = True):
+    def from_checkpoint(
+        cls, checkpoint, datapath="exact", gemm="numpy", add_pooling_layer: bool = True, backend: str = "numpy"
+    ):
         """Compile an already-loaded :class:`~ibert_ref.loading.Checkpoint` (keys with or
         without the ``ibert.`` prefix of task checkpoints). ``add_pooling_layer=False``
-        leaves the pooler out, as transformers' task models do."""
-        dp = make_datapath(datapath, gemm=gemm)
+        leaves the pooler out, as transformers' task models do. ``backend``: see :meth:`from_pretrained`."""
+        dp = make_datapath(datapath, gemm=gemm, backend=backend)
         config = checkpoint.config
 
         def get(key):
@@ -295,12 +297,15 @@ class IBertModel:
         revision: Optional[str] = None,
         cache_dir: Optional[str] = None,
         local_files_only: bool = False,
+        backend: str = "numpy",
     ):
         """Load config.json + model.safetensors (folder, Hub id or the offline cache) and compile.
 
         ``datapath``: ``"exact"`` (true integers, default) or ``"transformers"`` (bit-exact
         float32 emulation). ``gemm`` (transformers datapath only): ``"numpy"`` or
-        ``"torch"``. ``name_or_path=None`` loads the bundled tiny model.
+        ``"torch"``. ``name_or_path=None`` loads the bundled tiny model. ``backend`` (exact
+        datapath): ``"numpy"`` (default: NumPy alone) or ``"compiled"`` (numba kernels and an
+        exact int8 GEMM, the same integers; needs the ``fast`` extra), :mod:`ibert_ref.backends`.
         """
         from .loading import load_checkpoint
 
@@ -311,7 +316,7 @@ class IBertModel:
         checkpoint = load_checkpoint(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
         )
-        return cls.from_checkpoint(checkpoint, datapath=datapath, gemm=gemm)
+        return cls.from_checkpoint(checkpoint, datapath=datapath, gemm=gemm, backend=backend)
 
     # -- inputs ------------------------------------------------------------------------
     def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids):

@@ -1,0 +1,268 @@
+"""The compiled backend: the exact datapath with one fused numba pass per op and an exact int8 GEMM.
+
+``IBertModel.from_pretrained(..., backend="compiled")`` (or ``make_datapath("exact",
+backend="compiled")``) builds a :class:`CompiledDatapath`. It is an
+:class:`~ibert_ref.datapath.ExactDatapath` — same constants, same int8 resident weights, same
+integers at every op — whose expensive steps run elsewhere:
+
+* the row-local kernels of :mod:`ibert_ref.kernels` (requantize with or without residual, i-exp
+  with its 16-bit requantization, the softmax normalisation, IntGELU, IntLayerNorm) are replaced,
+  through :meth:`compiled_kernel`, by the one-pass kernels of
+  :mod:`ibert_ref.backends.compiled_kernels`, rows in parallel;
+* QuantLinear's GEMM is an exact int8 x int8 -> int32 GEMM (:mod:`ibert_ref.backends.int_gemm`:
+  ``torch._int_mm`` after an exactness self-check, else float32 BLAS in exact chunks), the bias
+  added by a compiled pass;
+* the attention GEMMs run in float32 (torch's when torch is there, else NumPy's), exact because
+  every partial sum is an integer below 2^24 (checked per call from the operands' bounds), and
+  a compiled pass turns them into integers (masking the scores, merging the context's heads).
+
+Whenever an input falls outside what a compiled kernel handles (an unexpected dtype or layout,
+a constant that is not per tensor / per channel, a value where the reference raises), the
+NumPy exact kernel runs instead, so results and errors are the reference's. While a width
+census collects (``oplog`` set) everything runs on NumPy, so the kernels' own code reports its
+intermediates. Hardware profiles (:mod:`ibert_ref.hardware.profiles`) do not use this backend:
+they model their own registers and record overflow per op on whole arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import intops
+from ..datapath import ExactDatapath, QTensor
+from . import compiled_kernels as ck
+from .int_gemm import TorchIntGemm, choose_gemm
+
+I64 = np.int64
+_INTS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
+_KERNEL_INTS = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """``a`` as a C-contiguous (rows, last axis) array whose dtype is int32 or int64 (int8 and
+    int16 widened to int32: fewer compiled signatures, exact)."""
+    a = np.ascontiguousarray(a)
+    if a.dtype not in _KERNEL_INTS:
+        a = a.astype(np.int32)
+    return a.reshape(-1, a.shape[-1])
+
+
+def _scalar(v):
+    """A size-1 integer constant as a Python int, or None."""
+    v = np.asarray(v)
+    if v.size != 1 or v.dtype not in _INTS:
+        return None
+    return int(v.reshape(-1)[0])
+
+
+class CompiledDatapath(ExactDatapath):
+    """:class:`~ibert_ref.datapath.ExactDatapath` on compiled kernels (see the module docstring).
+
+    ``gemm``: ``None`` (``torch._int_mm`` if available and exact, else float32 BLAS),
+    ``"torch"`` or ``"blas"``.
+    """
+
+    backend = "compiled"
+
+    def __init__(self, gemm=None):
+        super().__init__(fast=True)
+        self.int_gemm = choose_gemm(gemm)
+        self._torch = self.int_gemm.torch if isinstance(self.int_gemm, TorchIntGemm) else None
+        self._vectors = {}
+        self._kernels = {
+            "requantize": self._requantize,
+            "int_exp": self._int_exp,
+            "softmax_normalize": self._softmax_normalize,
+            "int_gelu": self._int_gelu,
+            "int_layernorm": self._int_layernorm,
+        }
+
+    def __repr__(self):
+        return f"CompiledDatapath(gemm={self.int_gemm.name!r})"
+
+    # ---- the hook the kernels call ----------------------------------------------------
+    def compiled_kernel(self, name: str):
+        """The compiled replacement of kernel ``name`` (``fn(dp, *args)`` returning the kernel's
+        result, or None to let the NumPy kernel run), or None. None while a census collects."""
+        if self.oplog is not None:
+            return None
+        return self._kernels.get(name)
+
+    # ---- per-channel constants --------------------------------------------------------
+    def _vector(self, v, cols: int):
+        """``v`` (a per-tensor or per-channel integer constant) as an int64 (cols,) vector, or
+        None if it has another shape or type. Cached per array (constants live as long as the
+        model)."""
+        key = (id(v), cols)
+        hit = self._vectors.get(key)
+        if hit is not None and hit[0] is v:
+            return hit[1]
+        a = np.asarray(v)
+        if a.dtype not in _INTS or a.size == 0:
+            return None
+        if a.ndim > 0 and (any(d != 1 for d in a.shape[:-1]) or a.shape[-1] not in (1, cols)):
+            return None
+        vec = np.ascontiguousarray(np.broadcast_to(a.reshape(-1).astype(I64), (cols,)))
+        self._vectors[key] = (v, vec)
+        return vec
+
+    def _multiplier(self, dy, cols: int):
+        """``(m, e)`` int64 (cols,) vectors of a dyadic multiplier, or None where the reference
+        raises (``|m| > 2^31``, ``e < 0``) or the shape is not per tensor / per channel."""
+        m, e = self._vector(dy.m, cols), self._vector(dy.e, cols)
+        if m is None or e is None or np.abs(m).max() > (1 << 31) or e.min() < 0:
+            return None
+        return m, e
+
+    # ---- compiled kernels (fn(dp, *kernel args) -> QTensor or None) -----------------------
+    @staticmethod
+    def _requantize(dp, x, p, identity=None):
+        z = np.asarray(dp.round_recover(x))
+        if z.dtype not in _INTS or z.ndim == 0 or z.size == 0 or p.bits > 64 or p.bits < 2:
+            return None
+        cols = z.shape[-1]
+        mult = dp._multiplier(dp.requant_multiplier(p.dy, x), cols)
+        if mult is None:
+            return None
+        lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
+        out = np.empty(z.shape, dtype=intops.smallest_int_dtype(lo, hi) if p.bits <= 32 else I64)
+        out2 = out.reshape(-1, cols)
+        if identity is None:
+            refused = ck.requantize_rows(_rows(z), mult[0], mult[1], lo, hi, out2)
+        else:
+            z_id = np.asarray(dp.round_recover(identity))
+            if z_id.shape != z.shape or z_id.dtype not in _INTS:
+                return None
+            mult_id = dp._multiplier(dp.requant_multiplier(p.dy_identity, identity), cols)
+            if mult_id is None:
+                return None
+            refused = ck.requantize_residual_rows(
+                _rows(z), mult[0], mult[1], _rows(z_id), mult_id[0], mult_id[1], lo, hi, out2
+            )
+        return None if refused else dp.emit(out, p.out_scale)
+
+    @staticmethod
+    def _int_exp(dp, scores, p):
+        s = np.asarray(scores)
+        consts = [_scalar(v) for v in (p.x0_int, p.x0_30, p.b_int, p.c_int, p.dy_exact.m, p.dy_exact.e)]
+        if s.dtype not in _INTS or s.ndim == 0 or s.size == 0 or any(c is None for c in consts):
+            return None
+        x0_int, x0_30, b_int, c_int, m, e = consts
+        if x0_int == 0 or abs(m) > (1 << 31) or e < 0 or not 2 <= p.act_bits <= 64:
+            return None
+        lo, hi = -(1 << (p.act_bits - 1)), (1 << (p.act_bits - 1)) - 1
+        out = np.empty(s.shape, dtype=intops.smallest_int_dtype(lo, hi) if p.act_bits <= 32 else I64)
+        refused = ck.int_exp_rows(_rows(s), x0_int, x0_30, b_int, c_int, m, e, lo, hi, out.reshape(-1, s.shape[-1]))
+        return None if refused else dp.emit(out, p.act_scale)
+
+    @staticmethod
+    def _softmax_normalize(dp, e, p):
+        from ..kernels import SOFTMAX_OUT_SCALE_F32  # noqa: PLC0415 - kernels import the datapath
+
+        data = np.asarray(dp.recover(e))
+        shift = 32 - int(p.out_bits)
+        if data.dtype not in _INTS or data.ndim == 0 or data.size == 0 or not 18 <= shift <= 62:
+            return None
+        out = np.empty(data.shape, dtype=np.int16)
+        refused = ck.softmax_normalize_rows(_rows(data), shift, out.reshape(-1, data.shape[-1]))
+        return None if refused else dp.emit(out, SOFTMAX_OUT_SCALE_F32)
+
+    @staticmethod
+    def _int_gelu(dp, x, p):
+        data = np.asarray(dp.recover(x))
+        if data.dtype not in _INTS or data.ndim == 0 or data.size == 0:
+            return None
+        cols = data.shape[-1]
+        b, c, one = (dp._vector(v, cols) for v in (p.b_int, p.c_int, p.one))
+        if b is None or c is None or one is None:
+            return None
+        out = np.empty(data.shape, dtype=I64)
+        ck.int_gelu_rows(_rows(data), b, c, one, out.reshape(-1, cols))
+        return dp.emit(out, p.out_scale)
+
+    @staticmethod
+    def _int_layernorm(dp, x, p):
+        data = np.asarray(dp.recover(x))
+        shift = _scalar(p.shift)
+        if data.dtype not in _INTS or data.ndim == 0 or data.size == 0 or shift is None or not 0 <= shift <= 62:
+            return None
+        cols = data.shape[-1]
+        bias = dp._vector(p.bias_int, cols)
+        if bias is None:
+            return None
+        out = np.empty(data.shape, dtype=I64)
+        refused = ck.int_layernorm_rows(_rows(data), shift, bias, out.reshape(-1, cols))
+        return None if refused else dp.emit(out, p.out_scale)
+
+    # ---- GEMMs ------------------------------------------------------------------------
+    def linear(self, x, w, b):
+        """``x (..., K) @ w (N, K)^T + b`` exactly: the int8 GEMM, then the bias in one compiled
+        pass (int32 result when ``K * 2^14 + max|b| < 2^31``, else int64). Operands that are not
+        int8-valued, or weights that are not int8, take the NumPy path."""
+        x = np.asarray(x)
+        w = np.asarray(w)
+        if self.oplog is not None or x.ndim == 0 or x.size == 0 or w.dtype != np.int8 or w.ndim != 2:
+            return super().linear(x, w, b)
+        if x.dtype != np.int8:
+            if x.dtype not in _INTS or int(x.min()) < -128 or int(x.max()) > 127:
+                return super().linear(x, w, b)
+            x = x.astype(np.int8)
+        n, k = w.shape
+        bias = self._vector(b, n)
+        if bias is None or x.shape[-1] != k:
+            return super().linear(x, w, b)
+        acc = self.int_gemm.matmul_i8(np.ascontiguousarray(x).reshape(-1, k), w.T)
+        acc = np.ascontiguousarray(acc)
+        bound = k * (1 << 14) + int(np.abs(bias).max())
+        out = np.empty(acc.shape, dtype=np.int32 if bound < (1 << 31) else I64)
+        ck.add_bias_rows(acc, bias, out)
+        return out.reshape(x.shape[:-1] + (n,))
+
+    def _heads_f32(self, a, num_heads):
+        """(B, T, H) integers -> (B, nh, T, hd) float32 (exact below 2^24), torch or NumPy."""
+        b, t, h = a.shape
+        if self._torch is not None:
+            return self._torch.from_numpy(np.ascontiguousarray(a)).view(b, t, num_heads, h // num_heads).transpose(1, 2).float()
+        return a.reshape(b, t, num_heads, h // num_heads).transpose(0, 2, 1, 3).astype(np.float32)
+
+    def _f32_matmul(self, a, b):
+        if self._torch is not None:
+            return self._torch.matmul(a, b).numpy()
+        return np.matmul(a, b)
+
+    def attention_scores(self, q, k, num_heads, mask, score_scale_f32):
+        """``Q K^T`` per head on float32 (exact: ``hd * max|q| * max|k| <= 2^24``), then one
+        compiled pass to int32 (int64 with the ``-2^62`` sentinel on masked keys)."""
+        qd, kd = np.asarray(q.data), np.asarray(k.data)
+        if self.oplog is not None or qd.ndim != 3 or qd.shape != kd.shape or qd.size == 0:
+            return super().attention_scores(q, k, num_heads, mask, score_scale_f32)
+        b, t, h = qd.shape
+        hd = h // num_heads
+        if hd * intops.abs_bound(qd) * intops.abs_bound(kd) > intops.F32_EXACT_INT:
+            return super().attention_scores(q, k, num_heads, mask, score_scale_f32)
+        qf, kf = self._heads_f32(qd, num_heads), self._heads_f32(kd, num_heads)
+        s = self._f32_matmul(qf, kf.transpose(-1, -2) if self._torch is not None else kf.transpose(0, 1, 3, 2))
+        s = np.ascontiguousarray(s).reshape(-1, t)
+        masked = mask is not None and not np.all(mask)
+        keep = np.ones((b, t), dtype=np.uint8) if mask is None else np.asarray(mask).astype(bool).astype(np.uint8)
+        out = np.empty(s.shape, dtype=I64 if masked else np.int32)
+        ck.scores_from_f32(s, np.ascontiguousarray(keep), num_heads, out)
+        return out.reshape(b, num_heads, t, t)
+
+    def attention_context(self, p, v, num_heads, scale_f32):
+        """``P V`` per head on float32 (exact: ``T * max|p| * max|v| <= 2^24``), heads merged
+        into (B, T, H) int32 by one compiled pass."""
+        pd, vd = np.asarray(p.data), np.asarray(v.data)
+        if self.oplog is not None or pd.ndim != 4 or vd.ndim != 3 or pd.size == 0 or pd.dtype not in _INTS:
+            return super().attention_context(p, v, num_heads, scale_f32)
+        b, nh, t, _ = pd.shape
+        if pd.shape[-1] * intops.abs_bound(pd) * intops.abs_bound(vd) > intops.F32_EXACT_INT:
+            return super().attention_context(p, v, num_heads, scale_f32)
+        if self._torch is not None:
+            pf = self._torch.from_numpy(np.ascontiguousarray(pd)).float()
+        else:
+            pf = pd.astype(np.float32)
+        ctx = np.ascontiguousarray(self._f32_matmul(pf, self._heads_f32(vd, num_heads)))
+        out = np.empty((b, t, vd.shape[-1]), dtype=np.int32)
+        ck.merge_heads_from_f32(ctx, out)
+        return QTensor(out, np.asarray(scale_f32, dtype=np.float32))

@@ -1,0 +1,355 @@
+"""The compiled backend's kernels: one fused numba pass per I-BERT op, rows in parallel.
+
+Every kernel here computes exactly the integers of the NumPy exact datapath
+(:class:`~ibert_ref.datapath.ExactDatapath` running :mod:`ibert_ref.kernels`), element for
+element: the same int64 operations in the same order (NumPy's int64 arithmetic wraps, and so
+does numba's), the same floors (``>>`` is an arithmetic shift, ``//`` on signed integers is
+floor division in numba as in NumPy), the same round-half-to-even. Where the reference would
+raise (a value outside the range its exact primitive supports, a zero divisor), the kernel
+counts the row as *refused* and returns the count; the caller then runs the NumPy kernel,
+which raises the reference's own error. ``tests/test_compiled_backend.py`` checks each kernel
+against the NumPy reference with Hypothesis (near-ties, extreme constants, int8..int64 inputs).
+
+Arrays are 2-D C-contiguous ``(rows, cols)``: every op's leading axes flattened, the last axis
+the one a reduction runs along or a per-channel constant is indexed by. Per-channel constants
+are int64 vectors of length ``cols`` (the caller broadcasts per-tensor ones). Rows run in
+parallel (``prange``); each row is written by one thread only, so the result does not depend
+on the thread count. ``cache=True``: compiled machine code is cached on disk and reused by
+later processes (first call in a fresh cache: a few seconds per signature).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+#: |values| reached by the two-limb reference before it saturates (intops.SATURATION_I64).
+SAT = np.int64(1 << 62)
+_LIMB = 31
+_LIMB_MASK = np.int64((1 << 31) - 1)
+
+
+@njit(cache=True, inline="always")
+def msr_rne(z, m, e):
+    """``rne(z * m / 2^e)`` for int64 ``|z| < 2^62``, ``|m| <= 2^31``, ``e >= 0`` (caller-checked),
+    saturated to ``[-2^62, 2^62]`` — :func:`ibert_ref.intops.mul_shift_round` with
+    ``rounding="half_even"``, one element.
+
+    Sign folded into ``z`` (``z' = -z`` when ``m < 0``, ``m' = |m|``). If ``|z'| <= 2^31`` the
+    product ``p = z' m'`` is exact in int64 (``|p| <= 2^62``): ``q = p >> e`` (floor),
+    ``rem = p - q 2^e`` in ``[0, 2^e)``, ``q + 1`` iff ``rem > 2^(e-1)`` or (``rem = 2^(e-1)``
+    and ``q`` odd); ``e >= 63`` gives 0 (``|p / 2^e| <= 1/2``, a tie rounds to even 0).
+    Otherwise the reference's two limbs: ``z' = z_hi 2^31 + z_lo`` (``0 <= z_lo < 2^31``),
+    ``p_lo = z_lo m'`` (< 2^62), ``c = z_hi m' + (p_lo >> 31)``, ``r_lo = p_lo & (2^31 - 1)``,
+    so ``z' m' = c 2^31 + r_lo`` (93 bits); ``e >= 31``: quotient ``c >> (e - 31)``, the
+    remainder compared to one half from ``c``'s low bits and ``r_lo``; ``e < 31``: quotient
+    ``c 2^(31 - e) + (r_lo >> e)``, saturated to ``±2^62`` when ``|c| > 2^(31 + e)``.
+    """
+    if m < 0:
+        z = -z
+        m = -m
+    if -(1 << 31) <= z <= (1 << 31):
+        p = z * m
+        if e == 0:
+            return p
+        if e >= 63:
+            return np.int64(0)
+        q = p >> e
+        rem = p - (q << e)
+        half = np.int64(1) << (e - 1)
+        if rem > half or (rem == half and (q & 1) == 1):
+            q += 1
+        return q
+    z_hi = z >> _LIMB
+    z_lo = z & _LIMB_MASK
+    p_lo = z_lo * m
+    c = z_hi * m + (p_lo >> _LIMB)
+    r_lo = p_lo & _LIMB_MASK
+    if e >= _LIMB:
+        k = e - _LIMB
+        if k > 62:
+            return np.int64(0)
+        q = c >> k
+        if k >= 1:
+            c_rem = c - (q << k)
+            half_c = np.int64(1) << (k - 1)
+            gt = c_rem > half_c or (c_rem == half_c and r_lo > 0)
+            eq = c_rem == half_c and r_lo == 0
+        else:
+            gt = r_lo > (1 << 30)
+            eq = r_lo == (1 << 30)
+        if gt or (eq and (q & 1) == 1):
+            q += 1
+        return q
+    lim = np.int64(1) << (_LIMB + e)
+    if c > lim:
+        return SAT
+    if c < -lim:
+        return -SAT
+    q = (c << (_LIMB - e)) + (r_lo >> e)
+    if e > 0:
+        r = r_lo & ((np.int64(1) << e) - 1)
+        half = np.int64(1) << (e - 1)
+        if r > half or (r == half and (q & 1) == 1):
+            q += 1
+    if q > SAT:
+        return SAT
+    if q < -SAT:
+        return -SAT
+    return q
+
+
+@njit(cache=True, inline="always")
+def isqrt_i64(n):
+    """``floor(sqrt(n))`` for int64 ``0 <= n < 2^62`` (caller-checked), as
+    :func:`ibert_ref.intops.isqrt_floor_fast`: ``r = int(sqrt(float64(n)))`` is within 1 of the
+    root (two roundings of relative error <= 2^-53 on a root below 2^31), then
+    ``r -= [r^2 > n]`` and ``r += [(r + 1)^2 <= n]``, exact in int64."""
+    r = np.int64(np.sqrt(np.float64(n)))
+    if r * r > n:
+        r -= 1
+    if (r + 1) * (r + 1) <= n:
+        r += 1
+    return r
+
+
+@njit(parallel=True, cache=True)
+def requantize_rows(z, m, e, lo, hi, out):
+    """QuantAct / FixedPointMul: ``out = clamp(rne(z * m / 2^e), lo, hi)``.
+
+    ``z`` (rows, C) int32 or int64, ``m``/``e`` int64 (C,) (per channel; ``|m| <= 2^31``,
+    ``e >= 0``), rounding half to even on the exact rational (:func:`msr_rne`: up to 93-bit
+    products), ``lo``/``hi`` the ``bits``-wide signed range, ``out`` (rows, C) of the narrowest
+    integer type holding it. Returns the number of refused elements (``|z| >= 2^62``, where the
+    reference raises OverflowError; their ``out`` is left unspecified).
+    """
+    rows, cols = z.shape
+    refused = 0
+    for i in prange(rows):
+        for j in range(cols):
+            zv = np.int64(z[i, j])
+            if zv >= SAT or zv <= -SAT:
+                refused += 1
+                continue
+            v = msr_rne(zv, m[j], e[j])
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            out[i, j] = v
+    return refused
+
+
+@njit(parallel=True, cache=True)
+def requantize_residual_rows(z, m, e, z_id, m_id, e_id, lo, hi, out):
+    """QuantAct with a residual: ``out = clamp(rne(z_id * m_id / 2^e_id) + rne(z * m / 2^e), lo, hi)``.
+
+    Both terms as in :func:`requantize_rows` (each saturated to ``±2^62``, their int64 sum
+    wrapping exactly as NumPy's), ``z`` and ``z_id`` (rows, C) int32/int64, the multipliers
+    int64 (C,). Returns the number of refused elements (``|z|`` or ``|z_id| >= 2^62``).
+    """
+    rows, cols = z.shape
+    refused = 0
+    for i in prange(rows):
+        for j in range(cols):
+            zv = np.int64(z[i, j])
+            zi = np.int64(z_id[i, j])
+            if zv >= SAT or zv <= -SAT or zi >= SAT or zi <= -SAT:
+                refused += 1
+                continue
+            v = msr_rne(zi, m_id[j], e_id[j]) + msr_rne(zv, m[j], e[j])
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            out[i, j] = v
+    return refused
+
+
+@njit(parallel=True, cache=True)
+def int_exp_rows(s, x0_int, x0_30, b_int, c_int, m, e, lo, hi, out):
+    """i-exp with its 16-bit requantization (IntSoftmax's ``act``), one row of scores at a time.
+
+    ``s`` (rows, T) int32/int64 raw scores (masked keys hold ``-2^62``); per row, int64:
+
+    1. ``x = max(s - max_row(s), x0_30)``
+    2. ``z_q = floor(x / x0_int)`` (``x0_int < 0``), ``r = x - x0_int * z_q``
+    3. ``poly = (r + b_int) * r + c_int``, then ``max(poly, 0)``
+    4. ``out = clamp(rne(poly * m / 2^(e - 30 + z_q)), lo, hi)``: ``exp_int = poly * 2^(30 - z_q)``
+       never materialised, its left shift folded into the requantization shift
+       (:func:`msr_rne`), as the exact datapath's ``exp_requantize``.
+
+    Floors in 1-3, round half to even in 4. Returns the number of refused elements (a negative
+    shift or ``poly >= 2^62``: the reference raises).
+    """
+    rows, cols = s.shape
+    refused = 0
+    for i in prange(rows):
+        mx = np.int64(s[i, 0])
+        for j in range(1, cols):
+            v = np.int64(s[i, j])
+            if v > mx:
+                mx = v
+        for j in range(cols):
+            x = np.int64(s[i, j]) - mx
+            if x < x0_30:
+                x = x0_30
+            zq = x // x0_int
+            r = x - x0_int * zq
+            poly = (r + b_int) * r + c_int
+            if poly < 0:
+                poly = np.int64(0)
+            shift = e - 30 + zq
+            if shift < 0 or poly >= SAT:
+                refused += 1
+                continue
+            v = msr_rne(poly, m, shift)
+            if v < lo:
+                v = lo
+            elif v > hi:
+                v = hi
+            out[i, j] = v
+    return refused
+
+
+@njit(parallel=True, cache=True)
+def softmax_normalize_rows(e, shift, out):
+    """IntSoftmax's normalisation: ``factor = floor(2^32 / sum_row(e))``,
+    ``out = floor(e * factor / 2^shift)`` (``shift = 32 - out_bits``), int64 arithmetic.
+
+    ``e`` (rows, T) int16..int64, ``out`` (rows, T) int16. Returns the number of refused rows:
+    a negative ``e`` (the result could leave int16; the reference then decides) or a sum
+    ``<= 0`` (the reference raises ZeroDivisionError). With ``e >= 0`` every output is in
+    ``[0, 2^(32 - shift)]``.
+    """
+    rows, cols = e.shape
+    refused = 0
+    for i in prange(rows):
+        total = np.int64(0)
+        negative = False
+        for j in range(cols):
+            v = np.int64(e[i, j])
+            if v < 0:
+                negative = True
+            total += v
+        if negative or total <= 0:
+            refused += 1
+            continue
+        factor = (np.int64(1) << 32) // total
+        for j in range(cols):
+            out[i, j] = (np.int64(e[i, j]) * factor) >> shift
+    return refused
+
+
+@njit(parallel=True, cache=True)
+def int_gelu_rows(x, b, c, one, out):
+    """IntGELU: ``out = x * (floor(sign(x) * ((min(|x|, -b) + b)^2 + c) / 2^14) + one)``.
+
+    ``x`` (rows, C) int32/int64, ``b``/``c``/``one`` int64 (C,), ``out`` (rows, C) int64 (about
+    40 bits on roberta-base-sized layers). int64 throughout, wrapping as NumPy's (``|x|`` of
+    ``-2^63`` is ``-2^63``); the floor is an arithmetic shift. Never refuses.
+    """
+    rows, cols = x.shape
+    for i in prange(rows):
+        for j in range(cols):
+            xv = np.int64(x[i, j])
+            a = xv if xv >= 0 else -xv
+            nb = -b[j]
+            if nb < a:
+                a = nb
+            a = a + b[j]
+            a = a * a + c[j]
+            if xv < 0:
+                a = -a
+            elif xv == 0:
+                a = np.int64(0)
+            a = a >> 14
+            out[i, j] = xv * (a + one[j])
+    return 0
+
+
+@njit(parallel=True, cache=True)
+def int_layernorm_rows(x, shift, bias, out):
+    """IntLayerNorm over each row of ``D`` channels, int64:
+
+    ``mean = rne(sum(x) / D)`` (floor quotient ``q``, remainder ``r``: ``q + 1`` iff
+    ``2r > D`` or ``2r = D`` and ``q`` odd), ``y = x - mean``,
+    ``var = sum(floor(y / 2^shift)^2)``, ``std = isqrt(var) * 2^shift`` (:func:`isqrt_i64`),
+    ``factor = floor(2^31 / std)``, ``out = floor(y * factor / 2) + bias``.
+
+    ``x`` (rows, D) int32/int64, ``bias`` int64 (D,), ``0 <= shift < 63``, ``out`` int64.
+    Returns the number of refused rows (``var`` outside ``[0, 2^62)`` or ``std <= 0``: the
+    reference raises).
+    """
+    rows, cols = x.shape
+    refused = 0
+    for i in prange(rows):
+        total = np.int64(0)
+        for j in range(cols):
+            total += np.int64(x[i, j])
+        q = total // cols
+        r2 = 2 * (total - q * cols)
+        mean = q
+        if r2 > cols or (r2 == cols and (q & 1) == 1):
+            mean += 1
+        var = np.int64(0)
+        for j in range(cols):
+            ys = (np.int64(x[i, j]) - mean) >> shift
+            var += ys * ys
+        if var < 0 or var >= SAT:
+            refused += 1
+            continue
+        std = isqrt_i64(var) * (np.int64(1) << shift)
+        if std <= 0:
+            refused += 1
+            continue
+        factor = (np.int64(1) << 31) // std
+        for j in range(cols):
+            out[i, j] = (((np.int64(x[i, j]) - mean) * factor) >> 1) + bias[j]
+    return refused
+
+
+@njit(parallel=True, cache=True)
+def add_bias_rows(acc, b, out):
+    """QuantLinear's bias: ``out = acc + b`` (``acc`` (rows, N) int32 from the exact GEMM,
+    ``b`` int64 (N,)), summed in int64, written to ``out`` (int32 when the caller proved
+    ``K * max|x| * max|w| + max|b| < 2^31``, else int64). No rounding."""
+    rows, cols = acc.shape
+    for i in prange(rows):
+        for j in range(cols):
+            out[i, j] = np.int64(acc[i, j]) + b[j]
+    return 0
+
+
+@njit(parallel=True, cache=True)
+def scores_from_f32(s, keep, heads, out):
+    """Attention scores from an exact float32 GEMM: ``out = int(s)`` where the key is live,
+    ``-2^62`` where ``keep == 0`` (the exact datapath's minus-infinity sentinel).
+
+    ``s`` (B * heads * T, T) float32 holding integers below 2^24 (exact), ``keep`` (B, T)
+    uint8, ``out`` (B * heads * T, T) int32 (no mask) or int64.
+    """
+    rows, cols = s.shape
+    per_batch = rows // keep.shape[0]
+    for i in prange(rows):
+        bi = i // per_batch
+        for j in range(cols):
+            if keep[bi, j] != 0:
+                out[i, j] = np.int64(s[i, j])
+            else:
+                out[i, j] = -SAT
+    return 0
+
+
+@njit(parallel=True, cache=True)
+def merge_heads_from_f32(ctx, out):
+    """Attention context from an exact float32 GEMM, heads merged:
+    ``out[b, t, h * hd + d] = int32(ctx[b, h, t, d])`` (integers below 2^24, exact)."""
+    nb, nh, nt, hd = ctx.shape
+    for bt in prange(nb * nt):
+        bi = bt // nt
+        ti = bt - bi * nt
+        for h in range(nh):
+            for d in range(hd):
+                out[bi, ti, h * hd + d] = np.int32(ctx[bi, h, ti, d])
+    return 0
