@@ -75,6 +75,10 @@ so ``make_datapath(name, **overrides)``, ``IBertModel.from_pretrained(..., datap
 * ``"tensor-core"``: IMMA ``mma.m16n8k32``: k_step 32, ``.satfinite`` saturation at the end
   of each instruction (``overflow="wrap"`` for the plain form), an integer single-rounding
   epilogue, the same int32 variants.
+* ``"x86-vnni"``: x86 int8 GEMMs (:mod:`ibert_ref.hardware.x86`): activations shifted to u8
+  (+128) with weight-sum compensation, ``madd="vpdpbusd"`` (AVX-512 VNNI, default),
+  ``"vpdpbusds"`` or ``"vpmaddubsw"`` (AVX2: int16 pair saturation, reported); the float32
+  requantization epilogue of oneDNN/FBGEMM (``cutlass-f32``); probabilities as u8 (``u8-sat``).
 * ``"generic"``: every parameter at its exact default; describe your own ASIC with
   ``make_datapath("generic", acc_bits=24, overflow="saturate", requant="gemmlowp", ...)``.
 
@@ -128,6 +132,18 @@ PROFILES = {
         exp="fold",
         gelu="int32",
         ln_var="uint32",
+    ),
+    # its GEMMs are ibert_ref.hardware.x86's (make_profile builds X86VnniDatapath)
+    "x86-vnni": dict(
+        acc_bits=32,
+        overflow="wrap",
+        k_step=4,
+        requant="cutlass-f32",
+        exp="fold",
+        gelu="int32",
+        ln_var="uint32",
+        probs="u8-sat",
+        madd="vpdpbusd",
     ),
 }
 
@@ -664,6 +680,10 @@ def make_profile(name: str, **overrides) -> HardwareDatapath:
     """The named profile (:data:`PROFILES`) with keyword ``overrides``."""
     if name not in PROFILES:
         raise ValueError(f"unknown hardware profile {name!r}; expected one of {tuple(PROFILES)}")
+    if name == "x86-vnni":
+        from .x86 import X86VnniDatapath  # noqa: PLC0415 - x86.py builds on this module
+
+        return X86VnniDatapath(**{**PROFILES[name], **overrides, "name": overrides.get("name", name)})
     return HardwareDatapath(**{**PROFILES[name], **overrides, "name": overrides.get("name", name)})
 
 
