@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._args import HelpFormatter, bounded_int, model_name, nonempty
+
 SYSTEMS = {
     "exact": "ibert-ref exact",
     "exact-ref": "ibert-ref exact (reference kernels)",
@@ -207,9 +209,26 @@ def make_inputs(batch, seq, vocab, seed=0):
 
 
 def worker_main(system, model_path) -> int:
-    """Serve requests on stdin: ``{"op": "run", "batch": B, "seq": T}`` -> ``{"seconds": ...}``."""
+    """Serve requests on stdin: ``{"op": "run", "batch": B, "seq": T}`` -> ``{"seconds": ...}``.
+    Any error is answered with one line ``{"error": "Type: message"}`` (the parent reports it
+    without the worker's traceback) and ends the worker."""
     out = sys.stdout
     sys.stdout = sys.stderr  # anything the libraries print goes to stderr, not the protocol
+    try:
+        return _serve(system, model_path, out)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
+        import traceback
+
+        traceback.print_exc()  # to stderr, for IBERT_REF_DEBUG readers
+        try:
+            out.write(json.dumps({"error": f"{type(exc).__name__}: {exc}"}) + "\n")
+            out.flush()
+        except OSError:  # the parent is gone
+            pass
+        return 1
+
+
+def _serve(system, model_path, out) -> int:
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()
@@ -277,9 +296,13 @@ class Worker:
     def _read(self):
         line = self.proc.stdout.readline()
         if not line:
-            err = self.proc.stderr.read()
-            raise RuntimeError(f"benchmark worker {self.system!r} failed:\n{err[-4000:]}")
-        return json.loads(line)
+            err = self.proc.stderr.read().strip().splitlines()
+            last = err[-1] if err else f"exit status {self.proc.wait()}"
+            raise RuntimeError(f"benchmark worker {self.system!r} ended without an answer: {last}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise ValueError(f"benchmark worker {self.system!r} ({SYSTEMS[self.system]}): {reply['error']}")
+        return reply
 
     def run(self, batch, seq):
         self.proc.stdin.write(json.dumps({"op": "run", "batch": batch, "seq": seq}) + "\n")
@@ -312,11 +335,36 @@ def worker_env(keep_openblas_env: bool):
 
 
 def parse_shape(text):
+    """``'8x128'`` -> ``(8, 128)``; both at least 1."""
     try:
-        b, t = text.lower().split("x")
-        return int(b), int(t)
+        b, t = text.strip().lower().split("x")
+        b, t = int(b), int(t)
     except ValueError as exc:
         raise ValueError(f"shape {text!r} is not BATCHxSEQ, e.g. 8x128") from exc
+    if b < 1 or t < 1:
+        raise ValueError(f"shape {text!r}: batch and sequence length must be at least 1")
+    return b, t
+
+
+def shape_list(text):
+    """``--shapes``: comma-separated BATCHxSEQ (argparse type: the error names the option)."""
+    try:
+        shapes = [parse_shape(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not shapes:
+        raise argparse.ArgumentTypeError("no shape given, e.g. 1x128,8x128")
+    return shapes
+
+
+def system_list(text):
+    """``--systems``: comma-separated names from :data:`SYSTEMS`."""
+    systems = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        raise argparse.ArgumentTypeError(f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}"
+                                         if unknown else "no system given")
+    return systems
 
 
 def machine_info():
@@ -488,29 +536,35 @@ def add_parser(sub) -> None:
         "interleaved repeats, each system in its own subprocess), print the ratios against the "
         "targets (exact <= 1.5x transformers FP32, >= 4x faster than quant_mode) and each "
         "model's weights and resident memory. transformers systems need the verify extra.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", default=None, help="folder of an I-BERT checkpoint (default: the bundled tiny model)")
-    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+    p.add_argument("--model", default=None, type=model_name,
+                   help="folder of an I-BERT checkpoint (default: the bundled tiny model)")
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), type=system_list,
                    help="comma-separated, from: " + ", ".join(SYSTEMS))
-    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), type=shape_list,
                    help="comma-separated BATCHxSEQ (shapes longer than the model's positions are skipped)")
-    p.add_argument("--repeats", type=int, default=7, help="timed forwards per system and shape (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed forwards per system and shape")
+    p.add_argument("--repeats", type=bounded_int(1, None, "count"), default=7,
+                   help="timed forwards per system and shape (median reported)")
+    p.add_argument("--warmup", type=bounded_int(0, None, "count"), default=1,
+                   help="untimed forwards per system and shape")
     p.add_argument("--keep-openblas-env", action="store_true",
                    help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in the workers' environment")
-    p.add_argument("--json", default=None, help="also write the raw results to this JSON file")
+    p.add_argument("--json", default=None, type=nonempty("file name"),
+                   help="also write the raw results to this JSON file")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..data import default_model_path
+    from .verify import check_output_file, write_text_atomic
 
-    model = Path(args.model) if args.model else default_model_path()
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown:
-        raise ValueError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    model = Path(args.model) if args.model else Path(default_model_path())
+    if not model.is_dir():
+        raise ValueError(f"--model {args.model!r}: not a folder (bench loads a local checkpoint folder)")
+    if not (model / "config.json").is_file():
+        raise ValueError(f"--model {args.model!r}: no config.json in this folder")
+    systems = args.systems if isinstance(args.systems, list) else system_list(args.systems)
     if any(s.startswith("tf-") for s in systems):
         import importlib.util
 
@@ -521,12 +575,14 @@ def run(args) -> int:
             )
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
-    shapes = [parse_shape(s) for s in args.shapes.split(",") if s.strip()]
+    shapes = args.shapes if isinstance(args.shapes, list) else shape_list(args.shapes)
+    if args.json:
+        check_output_file(args.json, "--json")
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     result = run_benchmark(model, systems, shapes, args.repeats, args.warmup, args.keep_openblas_env, log)
     print(format_report(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_text_atomic(args.json, json.dumps(result, indent=2))
     return 0
 
 
