@@ -39,6 +39,7 @@
 import io
 import math
 import time
+from pathlib import Path
 import warnings
 from fractions import Fraction
 
@@ -49,11 +50,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-from ibert_ref import IBertModel, QTensor, Tokenizer, intops
+from safetensors.numpy import load_file
+
+from ibert_ref import IBertModel, QTensor, Tokenizer
 from ibert_ref import kernels as K
-from ibert_ref.data import default_model_path
-from ibert_ref.loading import load_checkpoint
-from ibert_ref.quant import bits_needed_signed
 
 np.set_printoptions(linewidth=110)
 t_start = time.perf_counter()
@@ -69,7 +69,8 @@ def show_fig(fig):  # render with Agg and display as a PNG (works in Jupyter and
 
 model = IBertModel.from_pretrained()  # the bundled tiny I-BERT, exact integer datapath
 tok = Tokenizer.from_pretrained()
-ckpt = load_checkpoint(default_model_path())  # the float weights, for the float-math checks
+# the float weights of the same checkpoint, for the float-math checks
+weights = load_file(str(Path(model.source) / "model.safetensors"))
 dp = model.datapath  # the number system the kernels run on (here: exact int64 integers)
 p = model.compiled.layers[0]  # every integer constant of layer 0
 num_heads = model.config["num_attention_heads"]
@@ -119,12 +120,17 @@ else:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    hf_model = load_transformers_ibert(default_model_path())
+    hf_model = load_transformers_ibert(model.source)
     hf_trace = capture_transformers_trace(hf_model, ids, attention_mask=mask).trace
     print(f"captured {len(hf_trace)} quantized modules from transformers' I-BERT")
 
 LAYER = "encoder.layer.0."
 WIDTHS = {}  # step -> bits its range needs, collected for the recap
+
+
+def bits_needed_signed(lo, hi):
+    # the smallest two's-complement width n holding [lo, hi]: -2^(n-1) <= lo, hi <= 2^(n-1) - 1
+    return 1 + max(int(v).bit_length() if v >= 0 else int(-v - 1).bit_length() for v in (lo, hi))
 
 
 def record(name, lo, hi):
@@ -168,7 +174,7 @@ def deq(t):
 
 
 def w(name):  # float32 weight from the checkpoint
-    return ckpt.tensor(LAYER + name).astype(np.float64)
+    return weights[LAYER + name].astype(np.float64)
 
 
 show("layer input x_i8", h.data, h.scale)
@@ -382,17 +388,36 @@ assert rel < 0.001
 # out    = floor(y · factor / 2) + bias_q        scale √D / 2^30 · γ  (per channel)
 # ```
 #
-# `isqrt` is computed digit by digit with shifts, adds and compares (`intops.isqrt_floor`):
-# I-BERT's "known algorithm for the integer square root". γ goes into the output *scale*, β
-# into the integer bias `bias_q`.
+# `isqrt` is computed digit by digit with shifts, adds and compares (written out below, one
+# result bit per step): I-BERT's "known algorithm for the integer square root". `rne(Σ x / D)`
+# is an integer division rounded half to even. γ goes into the output *scale*, β into the
+# integer bias `bias_q`.
 
 # %%
+def div_round_half_even(a, d):  # rne(a / d) for integers a and d > 0
+    q, r = np.divmod(a, d)  # floor division: 0 <= r < d
+    return q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1)))
+
+
+def isqrt_digit_by_digit(n):  # floor(sqrt(n)) for an integer n >= 0: shifts, adds, compares
+    n, root = int(n), 0
+    bit = 1 << ((n.bit_length() - 1) & ~1) if n else 0  # the highest power of 4 <= n
+    while bit:
+        if n >= root + bit:
+            n -= root + bit
+            root = (root >> 1) + bit
+        else:
+            root >>= 1
+        bit >>= 2
+    return root
+
+
 lp = p.attn_layernorm
 xi = a22.data
-mean = intops.div_round_half_even(xi.sum(axis=-1, keepdims=True), xi.shape[-1])
+mean = div_round_half_even(xi.sum(axis=-1, keepdims=True), xi.shape[-1])
 y = xi - mean
 var = ((y >> lp.shift) ** 2).sum(axis=-1, keepdims=True)
-root = intops.isqrt_floor(var)
+root = np.vectorize(isqrt_digit_by_digit, otypes=[np.int64])(var)
 std = root << lp.shift
 ln_factor = (2**31) // std
 ln_by_hand = ((y * ln_factor) >> 1) + lp.bias_int
@@ -526,18 +551,215 @@ print(f"max |int - float| = {np.abs(yf - ref).max():.3f} on values up to {np.abs
 assert cos.min() > 0.98
 
 # %% [markdown]
-# ## Recap: the widths of one layer
+# ## 10. Every integer of the layer, at a glance
 #
-# Every step above recorded how many bits (two's complement) its integers needed on this
-# sentence. int8 activations, int32 accumulators that never come near 32 bits, a 16-bit
-# exponential, a 22-bit residual, LayerNorm's sum of squares near 2^31 (its calibrated `shift`
-# keeps it below 2^32), and two values
-# that do **not** fit 32 bits: the i-exp `exp_int` (before its requantization) and the i-GELU
-# product. These are what a hardware datapath has to plan for (notebook 03).
+# The steps above printed slices and ranges. Here are the whole distributions: one histogram
+# per op, of the integers themselves (x axis: the integer `q`; y axis, logarithmic: how many
+# elements of this sentence's layer 0 hold it). What the integers are:
+#
+# | op | the integer `q` | its scale `s` (real value `q · s`) | width | why that width |
+# |---|---|---|---|---|
+# | layer input, q/k/v, context, GELU output | an activation, rounded to 256 levels | one per tensor, calibrated: `max \|x\| / 127` | int8 | I-BERT runs its GEMMs on int8 |
+# | QuantLinear accumulator | `Σ x_q · W_q + b_q`, exact | `s_x · s_w[c]`, one per output channel | int32 | a product of two int8 needs 15 bits; 64 of them at most 21; int32 is safe up to `K` = 132,104 |
+# | i-exp (`softmax.act`) | `exp(score - row max)`, requantized | one step is worth `s_e16` (exp(0) is near 2^15) | 16 bits | enough levels for probabilities to 1/256 |
+# | softmax | a probability, `0..256` | `2^-8` | 9 bits (int16) | 8 fractional bits, plus 256 for a one-key row |
+# | dense + residual (`ln_input_act`) | the sum of two branches | calibrated, `max \|x\| / (2^21 - 1)` | 22 bits | finer than int8 before LayerNorm divides by std |
+# | LayerNorm | `(x - mean) / std · 2^30 / √D` plus `bias_q` | `√D / 2^30 · γ[c]`, per channel | int32 | `floor(2^31 / std)` keeps ~30 bits of the normalized value |
+# | i-GELU product | `x · (erf_q + one)` | `s_x · s_erf / 2` per channel, **negative** | int64 | an int32 accumulator times a ~20-bit integer: more than 32 bits |
+#
+# Things to notice: the int8 activations use most of their 256 levels (that is what
+# calibration is for); the int32 accumulators use about 17 of their 32 bits; the 16-bit
+# exponential has a spike at 32767, one per row and head: the row maximum, `exp(0) = 1`, would be
+# about 33,000 steps and is clamped to `2^15 - 1`; softmax is bunched at 0 (most keys get almost
+# nothing); the i-GELU product is mostly *negative* integers,
+# because its scale is negative: positive GELU outputs are stored as negative integers, and the
+# small spike on the other side is GELU's negative dip (≥ -0.17).
 
 # %%
-for name, bits in WIDTHS.items():
-    print(f"{name:36s} {bits:3d} bits  {'#' * bits}{'   > 32 bits' if bits > 32 else ''}")
+meta = out.trace_meta
+
+
+def traced(module):  # (integers, scale, declared bits) of a layer-0 module, from the model's trace
+    return trace[LAYER + module], meta[LAYER + module].scale, meta[LAYER + module].bits
+
+
+def scale_text(scale):
+    sc = np.ravel(scale).astype(np.float64)
+    if sc.size == 1:
+        return f"scale {sc[0]:.3g}"
+    sign = ", all < 0" if np.all(sc < 0) else (", some < 0" if np.any(sc < 0) else "")
+    return f"|scale| per channel {np.abs(sc).min():.2g} to {np.abs(sc).max():.2g}{sign}"
+
+
+HISTS = [  # title, integers, scale, declared bits
+    ("layer input x", h.data, h.scale, meta["embeddings.output_activation"].bits),
+    ("query accumulator", *traced("attention.self.query")),
+    ("query after requantization", *traced("attention.self.query_activation")),
+    ("i-exp, 16-bit (softmax.act)", e16.data, np.array([s_e16]), traced("attention.self.softmax.act")[2]),
+    ("softmax probabilities", *traced("attention.self.softmax")),
+    ("dense + residual", *traced("attention.output.ln_input_act")),
+    ("LayerNorm", *traced("attention.output.LayerNorm")),
+    ("i-GELU product", *traced("intermediate.intermediate_act_fn")),
+    ("GELU after requantization", *traced("intermediate.output_activation")),
+]
+
+fig, axs = plt.subplots(3, 3, figsize=(13, 10))
+for ax, (title, q, scale, declared) in zip(axs.ravel(), HISTS):
+    q = np.asarray(q, dtype=np.int64).ravel()
+    lo, hi = int(q.min()), int(q.max())
+    need = bits_needed_signed(lo, hi)
+    bins = np.arange(lo, hi + 2) - 0.5 if hi - lo < 300 else 60  # one bin per integer when few
+    ax.hist(q, bins=bins, color="C3" if need > 32 else "C0")
+    ax.set_yscale("log")
+    ax.set_title(f"{title}: {q.size} integers in [{lo}, {hi}]\n"
+                 f"need {need} of {declared} bits; {scale_text(scale)}", fontsize=8.5)
+    ax.tick_params(labelsize=7)
+    ax.xaxis.get_offset_text().set_fontsize(7)
+for ax in axs[-1]:
+    ax.set_xlabel("integer q", fontsize=8)
+for ax in axs[:, 0]:
+    ax.set_ylabel("count", fontsize=8)
+show_fig(fig)
+
+# %% [markdown]
+# ## 11. What requantization costs
+#
+# Requantization is the only place where the layer rounds on purpose (apart from the floors
+# inside the non-linear kernels): an integer `q_in` with scale `s_in` becomes `q_out` with scale
+# `s_out`, `q_out = clamp(rne(q_in · m / 2^e))` with `m / 2^e ≈ s_in / s_out`. In real values,
+# the error is `q_out · s_out - q_in · s_in`: the dequantized output minus the float value it
+# replaces. Measured in steps of the output (`/ s_out`) it must lie in `[-½, ½]` (one rounding)
+# unless the value was outside the output's range and got **clamped** (saturated) to
+# `-2^(b-1)` or `2^(b-1) - 1`. The residual requantizations (`ln_input_act`) round twice, once
+# per branch, so their error can reach one step.
+#
+# First the staircase of the query projection: every float accumulator value on the x axis,
+# its int8 replacement on the y axis. Then, for every requantization of the layer, the error in
+# output steps.
+
+# %%
+def real(q, scale):  # the real value an integer stands for, in float64
+    return np.asarray(q, dtype=np.float64) * np.asarray(scale, dtype=np.float64)
+
+
+REQUANTS = [  # label, the float value before, the module whose integers replace it
+    ("query: int32 -> int8", deq(q_acc), "attention.self.query_activation"),
+    ("key: int32 -> int8", deq(k_acc), "attention.self.key_activation"),
+    ("value: int32 -> int8", deq(v_acc), "attention.self.value_activation"),
+    ("context P.V: int32 -> int8", deq(ctx), "attention.self.output_activation"),
+    ("dense + residual -> 22 bit", deq(a_acc) + deq(h), "attention.output.ln_input_act"),
+    ("LayerNorm: int32 -> int8", real(*traced("attention.output.LayerNorm")[:2]),
+     "attention.output.output_activation"),
+    ("int8 -> int8 (pre_intermediate_act)", real(*traced("attention.output.output_activation")[:2]),
+     "pre_intermediate_act"),
+    ("i-GELU: int64 -> int8", deq(g), "intermediate.output_activation"),
+    ("int8 -> int8 (pre_output_act)", real(*traced("intermediate.output_activation")[:2]), "pre_output_act"),
+    ("dense + residual -> 22 bit ", deq(o_acc) + deq(a8), "output.ln_input_act"),
+    ("LayerNorm: int32 -> int8 (layer output)", deq(o_ln), "output.output_activation"),
+]
+
+errors = {}
+print(f"{'requantization':40s} {'s_out':>9s} {'max|err|':>9s} {'rms':>6s} {'clamped':>8s}   (err in output steps)")
+for label, before, module in REQUANTS:
+    q_out, s_out, bits = traced(module)
+    qmax = 2 ** (bits - 1) - 1
+    err = (real(q_out, s_out) - before) / np.float64(s_out[0])
+    clamped = np.abs(before / np.float64(s_out[0])) > qmax + 0.5
+    errors[label] = err[~clamped]
+    e = errors[label]
+    print(f"{label:40s} {float(s_out[0]):9.3g} {np.abs(e).max():9.3f} {np.sqrt(np.mean(e**2)):6.3f}"
+          f" {np.count_nonzero(clamped):8d}")
+    limit = 1.0 if "residual" in label else 0.5
+    assert np.abs(e).max() <= limit + 1e-3, label
+
+fig, axs = plt.subplots(1, 2, figsize=(11, 3.8))
+q_out, s_out, _ = traced("attention.self.query_activation")
+x_before, y_after = deq(q_acc).ravel(), real(q_out, s_out).ravel()
+for ax, window in zip(axs, (None, 0.35)):
+    sel = slice(None) if window is None else np.abs(x_before) < window
+    ax.plot(x_before[sel], y_after[sel], ".", ms=3 if window else 1.5, label="int8 · s_out")
+    lim = np.abs(x_before[sel]).max()
+    ax.plot([-lim, lim], [-lim, lim], "k", lw=0.6, label="no rounding (y = x)")
+    ax.set_xlabel("float value before requantization (int32 acc · s_acc)")
+    ax.set_ylabel("dequantized int8")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+step = float(s_out[0])
+axs[0].set_title(f"query: {x_before.size} values, int8 steps of s_out = {step:.3g}", fontsize=9)
+axs[1].set_title("zoom: each float lands on the nearest step", fontsize=9)
+axs[1].set_yticks(np.arange(-5, 6) * step)
+axs[1].set_yticklabels([f"{k}·s" for k in range(-5, 6)], fontsize=7)
+show_fig(fig)
+
+fig, ax = plt.subplots(figsize=(9, 4.6))
+labels = list(errors)
+jitter = np.random.default_rng(0)
+for row, label in enumerate(labels):  # one dot per element, spread vertically to show the density
+    e = errors[label].ravel()
+    ax.plot(e, row + jitter.uniform(-0.32, 0.32, e.size), ".", ms=1.5, alpha=0.35, color=f"C{row % 10}")
+for x in (-0.5, 0.5):
+    ax.axvline(x, color="r", ls="--", lw=0.8)
+ax.set_yticks(range(len(labels)))
+ax.set_yticklabels(labels, fontsize=8)
+ax.invert_yaxis()
+ax.set_xlabel("dequantized output - float value before, in output steps (s_out)")
+ax.set_title("requantization error of every requantization in layer 0 (clamped values left out)", fontsize=9)
+ax.grid(alpha=0.3, axis="x")
+show_fig(fig)
+
+# %% [markdown]
+# The errors are spread evenly over `[-½, ½]` step (an rms of `1/√12 ≈ 0.29`), the signature of
+# round-to-nearest; the two residual requantizations reach further because both branches are
+# rounded. One exception: `pre_output_act` moves int8 codes to a scale only about 2 % smaller
+# (`s_in / s_out ≈ 1.019`): every code below 27 keeps its value, so its error is `-0.019 · q`,
+# one of a few discrete values, and GELU's int8 outputs are mostly small codes: hence the dense
+# band of stripes between -½ and 0. The `clamped` column counts values that fell outside the output range: none here,
+# the ranges were calibrated on sentences like this one. A clamped value's error is not bounded
+# by half a step: it is the part of the value beyond the range.
+#
+# ## Recap: the widths of one layer
+#
+# For hardware the question is how many bits each integer needs. Below, for every op of layer 0
+# in the model's trace, the bits its integers needed on this sentence (two's complement, from
+# the range) against the width the op is declared with (`trace_meta[...].bits`), followed by
+# the values that live *inside* the kernels and are never stored (recorded by hand above).
+# int8 activations fill their 8 bits; int32 accumulators need about 17 of 32; the 16-bit
+# exponential and the 9-bit softmax sit in 16; the residual fills its 22 bits; LayerNorm needs
+# ~30 of 32, and its sum of squares is kept below 2^32 by the calibrated `shift`. Two values do
+# **not** fit 32 bits: the i-exp `exp_int` (which the kernel never builds: it folds the shift
+# into the requantization) and the i-GELU product, declared int64. These are what a hardware
+# datapath has to plan for (notebook 03).
+
+# %%
+ops = [name for name in trace if name.startswith(LAYER)]
+rows = [(name[len(LAYER):], bits_needed_signed(trace[name].min(), trace[name].max()), meta[name].bits)
+        for name in ops]
+inside = [(name, bits, None) for name, bits in WIDTHS.items()
+          if name.startswith(("i-exp", "LayerNorm var", "i-GELU erf"))]
+rows += inside
+
+fig, ax = plt.subplots(figsize=(9, 7.5))
+y = np.arange(len(rows))
+declared = [d if d is not None else 0 for _, _, d in rows]
+needed = [n for _, n, _ in rows]
+ax.barh(y, declared, color="0.85", edgecolor="0.5", label="declared width (trace_meta bits)")
+colors = ["C3" if n > 32 else ("C1" if d is None else "C0") for _, n, d in rows]
+ax.barh(y, needed, height=0.5, color=colors, label="bits needed on this sentence")
+for yi, (name, n, d) in zip(y, rows):
+    ax.text(max(n, d or 0) + 0.5, yi, f"{n}" + (f" / {d}" if d is not None else " (never stored)"),
+            va="center", fontsize=7)
+ax.axvline(32, color="k", ls="--", lw=0.8)
+ax.set_yticks(y)
+ax.set_yticklabels([name for name, _, _ in rows], fontsize=7)
+ax.invert_yaxis()
+ax.set_xlim(0, 70)
+ax.set_xlabel("bits (two's complement)")
+ax.set_title("layer 0: bits needed vs declared (red: more than 32; orange: never stored)", fontsize=9)
+ax.legend(fontsize=8, loc="lower right")
+show_fig(fig)
+
+for name, need, decl in rows:
+    assert decl is None or need <= decl, name  # every op fits the width it is declared with
 print(f"notebook ran in {time.perf_counter() - t_start:.1f} s")
 
 # %% [markdown]
