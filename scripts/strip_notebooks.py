@@ -6,7 +6,8 @@ with its ``.ipynb``. Run a notebook in Jupyter (with the jupytext extension the 
 saved too) and its ``.ipynb`` gets outputs: this script removes them before you commit.
 
 For every code cell: outputs removed, ``execution_count`` set to null. Cell metadata keeps only
-``tags``; notebook metadata keeps only ``jupytext`` (the pairing), ``kernelspec`` and the
+``tags`` and the layout keys jupytext writes to reproduce the .py's blank lines
+(``lines_to_next_cell`` ...); notebook metadata keeps only ``jupytext`` (the pairing), ``kernelspec`` and the
 ``name``/``pygments_lexer`` of ``language_info``. Cell ids and sources are untouched. A notebook
 written by ``jupytext --sync`` is left byte for byte unchanged.
 
@@ -29,6 +30,8 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 KEEP_LANGUAGE_INFO = ("name", "pygments_lexer")
+#: cell metadata that is part of the source: tags, and how jupytext lays the cell out in the .py
+KEEP_CELL_METADATA = ("tags", "lines_to_next_cell", "lines_to_end_of_cell_marker", "cell_marker")
 
 
 def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
@@ -37,7 +40,7 @@ def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-        cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k in KEEP_CELL_METADATA}
     meta = {}
     if "jupytext" in nb.metadata:
         meta["jupytext"] = nb.metadata["jupytext"]
