@@ -79,6 +79,7 @@ so ``make_datapath(name, **overrides)``, ``IBertModel.from_pretrained(..., datap
   (+128) with weight-sum compensation, ``madd="vpdpbusd"`` (AVX-512 VNNI, default),
   ``"vpdpbusds"`` or ``"vpmaddubsw"`` (AVX2: int16 pair saturation, reported); the float32
   requantization epilogue of oneDNN/FBGEMM (``cutlass-f32``); probabilities as u8 (``u8-sat``).
+  ``"x86-avx2"`` is the same with ``madd="vpmaddubsw"``.
 * ``"generic"``: every parameter at its exact default; describe your own ASIC with
   ``make_datapath("generic", acc_bits=24, overflow="saturate", requant="gemmlowp", ...)``.
 
@@ -146,6 +147,7 @@ PROFILES = {
         madd="vpdpbusd",
     ),
 }
+PROFILES["x86-avx2"] = {**PROFILES["x86-vnni"], "madd": "vpmaddubsw"}  # = x86-vnni with madd=vpmaddubsw
 
 #: IntGELU int32 variant: width of the pre-shifted input, and of its clip constant ``b``.
 GELU_X_BITS = 17
@@ -680,7 +682,7 @@ def make_profile(name: str, **overrides) -> HardwareDatapath:
     """The named profile (:data:`PROFILES`) with keyword ``overrides``."""
     if name not in PROFILES:
         raise ValueError(f"unknown hardware profile {name!r}; expected one of {tuple(PROFILES)}")
-    if name == "x86-vnni":
+    if "madd" in PROFILES[name]:  # x86-vnni, x86-avx2
         from .x86 import X86VnniDatapath  # noqa: PLC0415 - x86.py builds on this module
 
         return X86VnniDatapath(**{**PROFILES[name], **overrides, "name": overrides.get("name", name)})
