@@ -81,7 +81,7 @@ def check_output_dir(out, *, overwrite: bool = False, inputs: Iterable = (), lab
         if entries and not overwrite:
             raise OutputDirError(f"{label} {text!r} is not empty ({len(entries)} entries); pass --overwrite "
                                  "to replace it whole, or choose a new folder")
-    for parent in real.parents:  # the nearest existing ancestor must be a folder
+    for parent in Path(text).parents:  # the nearest existing ancestor must be a folder
         if os.path.exists(parent):
             if not parent.is_dir():
                 raise OutputDirError(f"{label} {text!r}: {os.fspath(parent)!r} is not a folder")
