@@ -47,10 +47,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-from ibert_ref import QTensor, intops
+from ibert_ref import QTensor, make_datapath
 from ibert_ref import kernels as K
 from ibert_ref.compile import GELU_COEF, SOFTMAX_COEF, SOFTMAX_X0, gelu_params, softmax_params
-from ibert_ref.datapath import ExactDatapath
 
 np.set_printoptions(linewidth=110)
 t_start = time.perf_counter()
@@ -62,7 +61,7 @@ def show_fig(fig):  # render with Agg and display as a PNG (works in Jupyter and
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     display(Image(buf.getvalue()))
-dp = ExactDatapath()
+dp = make_datapath("exact")  # the exact integer number system the kernels run on
 F32 = np.float32
 erf = np.vectorize(math.erf, otypes=[float])
 
@@ -235,8 +234,10 @@ assert err_int < 2 * err_float and err_float < 3e-3
 # ## 3. Integer square root
 #
 # LayerNorm divides by `std = sqrt(var)`. I-BERT computes `isqrt(var) = floor(sqrt(var))` with
-# integers only; `intops.isqrt_floor` does it digit by digit (one result bit per step: a
-# shift, an add, a compare), 31 steps for any `var < 2^62`.
+# integers only. The classic way is digit by digit (the restoring method, written out below):
+# one result bit per step, each step a shift, an add and a compare, 31 steps for any
+# `var < 2^62`. The library's `floor_sqrt` (what `kernels.int_layernorm` calls on the exact
+# datapath) must give the same roots; it may compute them faster, as long as they are equal.
 #
 # transformers computes `floor(sqrt(var))` in **float32** instead. float32 has a 24-bit
 # mantissa, so once `var ≥ 2^24` it can round `k² - 1` up to `k²` and return `k` instead of
@@ -250,9 +251,24 @@ n = np.concatenate([
     k * k, k * k - 1, k * k + 1,  # around perfect squares
     np.arange(0, 5000, dtype=np.int64),
 ])
-root = intops.isqrt_floor(n)
+
+
+def isqrt_digit_by_digit(n):
+    # floor(sqrt(n)) for int64 0 <= n < 2^62: one result bit per step, no float anywhere
+    rem, root, bit = n.copy(), np.zeros_like(n), np.int64(1) << 60  # bit: the highest power of 4
+    while bit > 0:
+        take = rem >= root + bit
+        rem = np.where(take, rem - (root + bit), rem)
+        root = np.where(take, (root >> 1) + bit, root >> 1)
+        bit >>= 2
+    return root
+
+
+root = isqrt_digit_by_digit(n)
 assert all(math.isqrt(int(v)) == int(r) for v, r in zip(n, root))
-print(f"isqrt_floor == math.isqrt on all {n.size} inputs (random, k^2 - 1, k^2, k^2 + 1, 0..4999)")
+assert np.array_equal(dp.floor_sqrt(n), root)
+print(f"digit-by-digit isqrt == math.isqrt == dp.floor_sqrt on all {n.size} inputs"
+      " (random, k^2 - 1, k^2, k^2 + 1, 0..4999)")
 
 # transformers' way: round var to float32, float sqrt, floor. Per octave of var, how often is it wrong?
 def f32_isqrt(v):
@@ -263,10 +279,10 @@ octaves = np.arange(16, 35)
 frac_random, frac_near_square = [], []
 for b in octaves:
     v = rng.integers(2**b, 2 ** (b + 1), size=20000, dtype=np.int64)
-    frac_random.append(np.mean(f32_isqrt(v) != intops.isqrt_floor(v)))
-    kk = intops.isqrt_floor(v) + 1  # the next perfect square above v
+    frac_random.append(np.mean(f32_isqrt(v) != dp.floor_sqrt(v)))
+    kk = dp.floor_sqrt(v) + 1  # the next perfect square above v
     v2 = kk * kk - 1
-    frac_near_square.append(np.mean(f32_isqrt(v2) != intops.isqrt_floor(v2)))
+    frac_near_square.append(np.mean(f32_isqrt(v2) != dp.floor_sqrt(v2)))
 first_k = next(k for k in range(2, 2**17) if f32_isqrt(np.array([k * k - 1]))[0] != k - 1)
 print(f"float32 floor(sqrt(k^2 - 1)) returns k instead of k - 1 from k = {first_k}"
       f" (k^2 - 1 = {first_k**2 - 1}, just above 2^24)")
@@ -287,7 +303,7 @@ assert frac_random[0] == 0 and frac_near_square[0] == 0 and frac_near_square[-1]
 
 # relative error of the floor itself: below 1 / sqrt(var)
 nn = np.unique(np.logspace(0, 12, 400).astype(np.int64))
-rel = (np.sqrt(nn) - intops.isqrt_floor(nn)) / np.sqrt(nn)
+rel = (np.sqrt(nn) - dp.floor_sqrt(nn)) / np.sqrt(nn)
 assert np.all(rel < 1 / np.sqrt(nn)) and np.all(rel >= 0)
 print(f"floor costs a relative error below 1/sqrt(var): {rel[nn > 2**20].max():.1e} once var > 2^20")
 

@@ -45,12 +45,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, display
 
-from ibert_ref import IBertModel, QTensor, Tokenizer
+from ibert_ref import IBertModel, QTensor, Tokenizer, available_datapaths
 from ibert_ref import kernels as K
-from ibert_ref.datapath import available_datapaths
 from ibert_ref.hardware import IntegerOverflowError, int_matmul, wrap
-from ibert_ref.model import Tracer, layer_forward
-from ibert_ref.quant import bits_needed_signed
 
 np.set_printoptions(linewidth=110)
 t_start = time.perf_counter()
@@ -62,6 +59,11 @@ def show_fig(fig):  # render with Agg and display as a PNG (works in Jupyter and
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
     display(Image(buf.getvalue()))
+
+
+def bits_needed_signed(lo, hi):
+    # the smallest two's-complement width n holding [lo, hi]: -2^(n-1) <= lo, hi <= 2^(n-1) - 1
+    return 1 + max(int(v).bit_length() if v >= 0 else int(-v - 1).bit_length() for v in (lo, hi))
 
 
 print("datapaths:", available_datapaths())
@@ -78,22 +80,18 @@ num_heads = exact.config["num_attention_heads"]
 # %% [markdown]
 # ## 1. The same layer, the same int8 input
 #
-# We feed layer 0 of each model the same int8 input (the embeddings' output) and trace every
-# op. Both datapaths use the same integer constants for layer 0, so every difference below
-# comes from the number system alone.
+# Both models above ran the sentence with `return_trace=True`: every op's integers, keyed by
+# transformers' module names. The embeddings produce the same int8 codes under both datapaths,
+# so layer 0 of each gets the same int8 input, and both use the same integer constants for
+# layer 0: every difference below comes from the number system alone.
 
 # %%
-def run_layer(model, i, x_i8, s_in):
-    # Run layer i of `model` on the int8 input x_i8 (true scale s_in); returns its trace.
-    dp = model.datapath
-    emb_scale = model.compiled.embeddings.output_activation.out_scale
-    h = dp.layer_input(dp.emit(x_i8.astype(np.int64), s_in), emb_scale)  # transformers: stale scale
-    rec = Tracer(dp)
-    layer_forward(dp, model.compiled.layers[i], h, mask, num_heads, rec, f"layer{i}.")
-    return rec.values, rec.meta, h
+def layer_trace(out, i):  # the traced integers of encoder layer i, keyed by the op's name in the layer
+    prefix = f"encoder.layer.{i}."
+    return {name[len(prefix):]: q for name, q in out.trace.items() if name.startswith(prefix)}
 
 
-def compare(tr_a, tr_b, meta, title):
+def compare(tr_a, tr_b, title):
     print(f"{title}\n{'op':42s} {'bits':>4s} {'equal':>11s} {'max|diff|':>10s} {'max|value|':>11s}")
     rows = []
     for name, qa in tr_a.items():
@@ -101,16 +99,14 @@ def compare(tr_a, tr_b, meta, title):
         diff = np.abs(qa - qb)
         need = bits_needed_signed(qa.min(), qa.max())
         rows.append((name, int(np.count_nonzero(diff == 0)), qa.size, int(diff.max())))
-        print(f"{name.split('.', 1)[1]:42s} {need:4d} {rows[-1][1]:5d}/{qa.size:<5d} {diff.max():10d}"
+        print(f"{name:42s} {need:4d} {rows[-1][1]:5d}/{qa.size:<5d} {diff.max():10d}"
               f" {np.abs(qa).max():11d}")
     return rows
 
 
 x0_i8 = out_exact.trace["embeddings.output_activation"]
-s0 = exact.compiled.embeddings.output_activation.out_scale
-tr_e, meta_e, _ = run_layer(exact, 0, x0_i8, s0)
-tr_t, _, _ = run_layer(tfm, 0, x0_i8, s0)
-rows0 = compare(tr_e, tr_t, meta_e, "layer 0, exact vs transformers, same int8 input")
+assert np.array_equal(x0_i8, out_tfm.trace["embeddings.output_activation"])  # the same int8 input
+rows0 = compare(layer_trace(out_exact, 0), layer_trace(out_tfm, 0), "layer 0, exact vs transformers, same int8 input")
 
 # %% [markdown]
 # Reading the table: every int8 and int32 value agrees. The differences are in the ops whose
@@ -126,17 +122,21 @@ rows0 = compare(tr_e, tr_t, meta_e, "layer 0, exact vs transformers, same int8 i
 # previous layer's output scale. The layer then recovers its input as `x · s_true / s_stale`,
 # which is not an integer, its bias is quantized with the wrong scale, and the int32
 # "accumulators" are off by the ratio of the two scales.
+#
+# Layer 0's int8 output is the same under both datapaths (checked below), so layer 1 of each
+# again gets the same int8 codes; transformers hands them on as float32 values `x · s_true`
+# and divides by the stale scale, without rounding, in float32.
 
 # %%
 x1_i8 = out_exact.trace["encoder.layer.0.output.output_activation"]
-s1 = exact.compiled.layers[0].output_activation.out_scale
-tr_e1, meta_e1, _ = run_layer(exact, 1, x1_i8, s1)
-tr_t1, _, h_t1 = run_layer(tfm, 1, x1_i8, s1)
-recovered = tfm.datapath.recover(h_t1)  # what transformers' QuantLinear computes on
+assert np.array_equal(x1_i8, out_tfm.trace["encoder.layer.0.output.output_activation"])
+s1 = out_exact.trace_meta["encoder.layer.0.output.output_activation"].scale  # the true scale
+s_stale = out_exact.trace_meta["embeddings.output_activation"].scale  # what transformers hands on
+recovered = (x1_i8.astype(np.float32) * s1) / s_stale  # what transformers' QuantLinear computes on
 frac = np.abs(recovered - np.rint(recovered))
-print(f"true input scale {s1[0]:.6g}, stale scale {h_t1.scale[0]:.6g} (ratio {s1[0] / h_t1.scale[0]:.4f})")
+print(f"true input scale {s1[0]:.6g}, stale scale {s_stale[0]:.6g} (ratio {s1[0] / s_stale[0]:.4f})")
 print(f"recovered input x / s_stale: {recovered[0, 1, :5]} ...  fractional parts up to {frac.max():.3f}")
-rows1 = compare(tr_e1, tr_t1, meta_e1, "\nlayer 1, exact vs transformers, same int8 input")
+rows1 = compare(layer_trace(out_exact, 1), layer_trace(out_tfm, 1), "\nlayer 1, exact vs transformers, same int8 input")
 
 # %% [markdown]
 # ## 3. The whole model, and the transformers oracle
@@ -170,7 +170,6 @@ show_fig(fig)
 
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm, imported by transformers
 try:
-    from ibert_ref.data import default_model_path
     from ibert_ref.oracle.capture import capture_transformers_trace, load_transformers_ibert
 except ImportError:
     print("transformers not installed: oracle check skipped")
@@ -178,7 +177,7 @@ else:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    hf = capture_transformers_trace(load_transformers_ibert(default_model_path()), ids, attention_mask=mask)
+    hf = capture_transformers_trace(load_transformers_ibert(exact.source), ids, attention_mask=mask)
     out_torch = IBertModel.from_pretrained(datapath="transformers", gemm="torch")(
         ids, attention_mask=mask, return_trace=True)
     for label, tr in (("gemm='torch'", out_torch.trace), ("gemm='numpy'", out_tfm.trace)):
@@ -193,7 +192,7 @@ else:
 #
 # For hardware the question is: how many bits does each op's output need? The exact
 # datapath's trace holds the true integers, so the census is a min/max per op, turned into a
-# two's-complement width (`quant.bits_needed_signed`), next to the width the op is declared
+# two's-complement width (`bits_needed_signed`, defined at the top), next to the width the op is declared
 # with (the QuantAct bit widths of I-BERT, 32 for accumulators and LayerNorm). Over all four
 # layers, for this sentence:
 
