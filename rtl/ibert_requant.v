@@ -1,0 +1,68 @@
+// I-BERT requantization in synthesizable Verilog-2005 (combinational; register it where your
+// pipeline needs). Golden model: ibert_ref.kernels.requantize on the exact datapath.
+//
+//   ibert_dyadic_round:  y = RNE(z * m / 2^e)     round half to even of the exact product
+//   ibert_requantizer:   q = sat_B( RNE(z * m / 2^e) + [has_id] RNE(z_id * m_id / 2^e_id) )
+//
+// Widths: z, z_id signed 64 (I-BERT's widest requantization input is IntGELU's ~40-bit
+// product); m, m_id signed 33 (I-BERT's 31-bit mantissa: 2^30 <= |m| <= 2^31, and 2^31 needs a
+// 33rd bit when signed); e, e_id unsigned 7 (0 <= e <= 95); the product is exact in 97 bits.
+// out_bits B in 2..32 (I-BERT uses 8, 16 and 22); q is sign-extended to 32 bits.
+//
+// `define IBERT_ROUND_HALF_UP (or parameter ROUND_HALF_UP = 1) selects the common shortcut
+// y = (z * m + 2^(e-1)) >> e, which rounds ties toward +inf instead of to even: a wrong
+// requantizer, kept so the testbench can show that the golden vectors catch it.
+
+`timescale 1ns / 1ps
+
+`ifndef IBERT_RHU_DEFAULT
+`ifdef IBERT_ROUND_HALF_UP
+`define IBERT_RHU_DEFAULT 1
+`else
+`define IBERT_RHU_DEFAULT 0
+`endif
+`endif
+
+module ibert_dyadic_round #(
+    parameter ROUND_HALF_UP = `IBERT_RHU_DEFAULT
+) (
+    input  wire signed [63:0] z,
+    input  wire signed [32:0] m,
+    input  wire        [6:0]  e,
+    output wire signed [96:0] y
+);
+    wire signed [96:0] p = z * m;                       // exact: |z*m| < 2^95
+    wire        [96:0] one = 97'd1;
+    wire        [96:0] half = (e == 7'd0) ? 97'd0 : (one << (e - 7'd1));
+    wire        [96:0] mask = (e == 7'd0) ? 97'd0 : ((one << e) - one);
+    wire signed [96:0] q = p >>> e;                     // floor(p / 2^e)
+    wire        [96:0] r = p & mask;                    // p - q * 2^e, in [0, 2^e)
+    // round half to even: up when r > 1/2, or r = 1/2 and q is odd
+    wire rne_up = (r > half) || ((r == half) && (e != 7'd0) && q[0]);
+    wire signed [96:0] y_rne = q + {96'd0, rne_up};
+    wire signed [96:0] y_rhu = (p + $signed(half)) >>> e; // the shortcut: ties toward +inf
+    assign y = ROUND_HALF_UP ? y_rhu : y_rne;
+endmodule
+
+module ibert_requantizer #(
+    parameter ROUND_HALF_UP = `IBERT_RHU_DEFAULT
+) (
+    input  wire signed [63:0] z,
+    input  wire signed [32:0] m,
+    input  wire        [6:0]  e,
+    input  wire               has_id,     // residual (identity) branch present
+    input  wire signed [63:0] z_id,
+    input  wire signed [32:0] m_id,
+    input  wire        [6:0]  e_id,
+    input  wire        [5:0]  out_bits,   // saturation width B, 2..32
+    output wire signed [31:0] q
+);
+    wire signed [96:0] y_main, y_id;
+    ibert_dyadic_round #(.ROUND_HALF_UP(ROUND_HALF_UP)) main_branch (.z(z), .m(m), .e(e), .y(y_main));
+    ibert_dyadic_round #(.ROUND_HALF_UP(ROUND_HALF_UP)) id_branch (.z(z_id), .m(m_id), .e(e_id), .y(y_id));
+    wire signed [97:0] sum = y_main + (has_id ? y_id : 97'sd0);
+    wire signed [97:0] hi = (98'sd1 <<< (out_bits - 6'd1)) - 98'sd1;   //  2^(B-1) - 1
+    wire signed [97:0] lo = -(98'sd1 <<< (out_bits - 6'd1));           // -2^(B-1)
+    wire signed [97:0] sat = (sum > hi) ? hi : ((sum < lo) ? lo : sum);
+    assign q = sat[31:0];
+endmodule
