@@ -34,6 +34,14 @@
 # 1. that the hand-called kernel gives the same integers as the model's own forward pass,
 # 2. against Hugging Face **transformers**' I-BERT (when it is installed), and
 # 3. against **float math** on the same (dequantized) input: how much did the integers lose?
+#
+# Sections 10 and 11 and the recap then draw the whole layer: a histogram of the integers of
+# each op (with a table of what each integer is, its scale and why it is that wide), the error
+# every requantization makes, and the bits each op needs against the bits it is declared with.
+#
+# If you are new to this, read the numbers in this order: the **integer** `q` (what the
+# hardware holds), its **scale** `s` (a float fixed at compile time; never touched at run time),
+# and its **width** (how many bits `q` needs: the hardware cost).
 
 # %%
 import io
@@ -559,11 +567,11 @@ assert cos.min() > 0.98
 #
 # | op | the integer `q` | its scale `s` (real value `q · s`) | width | why that width |
 # |---|---|---|---|---|
-# | layer input, q/k/v, context, GELU output | an activation, rounded to 256 levels | one per tensor, calibrated: `max \|x\| / 127` | int8 | I-BERT runs its GEMMs on int8 |
+# | layer input, q/k/v, context, GELU output | an activation, rounded to 256 levels | one per tensor, calibrated: `max(abs(x)) / 127` | int8 | I-BERT runs its GEMMs on int8 |
 # | QuantLinear accumulator | `Σ x_q · W_q + b_q`, exact | `s_x · s_w[c]`, one per output channel | int32 | a product of two int8 needs 15 bits; 64 of them at most 21; int32 is safe up to `K` = 132,104 |
 # | i-exp (`softmax.act`) | `exp(score - row max)`, requantized | one step is worth `s_e16` (exp(0) is near 2^15) | 16 bits | enough levels for probabilities to 1/256 |
 # | softmax | a probability, `0..256` | `2^-8` | 9 bits (int16) | 8 fractional bits, plus 256 for a one-key row |
-# | dense + residual (`ln_input_act`) | the sum of two branches | calibrated, `max \|x\| / (2^21 - 1)` | 22 bits | finer than int8 before LayerNorm divides by std |
+# | dense + residual (`ln_input_act`) | the sum of two branches | calibrated, `max(abs(x)) / (2^21 - 1)` | 22 bits | finer than int8 before LayerNorm divides by std |
 # | LayerNorm | `(x - mean) / std · 2^30 / √D` plus `bias_q` | `√D / 2^30 · γ[c]`, per channel | int32 | `floor(2^31 / std)` keeps ~30 bits of the normalized value |
 # | i-GELU product | `x · (erf_q + one)` | `s_x · s_erf / 2` per channel, **negative** | int64 | an int32 accumulator times a ~20-bit integer: more than 32 bits |
 #
