@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import shutil
 import struct
 import tempfile
 from pathlib import Path
@@ -25,6 +27,7 @@ from hypothesis import strategies as st
 from ibert_ref import cli
 from ibert_ref import strategies as S
 from ibert_ref.compile import CompileError
+from ibert_ref.data import default_model_path
 from ibert_ref.loading import Checkpoint, CheckpointError, load_checkpoint
 from ibert_ref.model import IBertModel
 
@@ -286,11 +289,14 @@ def test_corrupted_safetensors_give_checkpoint_error_or_the_exact_tensor_layout(
         dest = copy_with(folder, Path(tmp), weights=bad)
         try:
             loaded = load_checkpoint(dest)
-            IBertModel.from_checkpoint(loaded)
+            model = IBertModel.from_checkpoint(loaded)
         except (CheckpointError, CompileError) as exc:
             assert str(exc)
             return
     assert signature(loaded.tensors) == signature(ckpt.tensors)
+    out = model(IDS, return_trace=True)  # a checkpoint that loads must run
+    assert out.last_hidden_state_int.shape == (1, 4, 8)
+    assert all(np.issubdtype(v.dtype, np.integer) for v in out.trace.values())
 
 
 # ---------------------------------------------------------------------------------------
@@ -313,17 +319,80 @@ WORDS = st.sampled_from(
 )
 TOKENS = st.one_of(WORDS, st.text(max_size=12))
 
+#: Options and values of every subcommand, files in the fuzz folder (see ``fuzz_folder``), hardware
+#: profile options, output paths, and text that is not valid UTF-8 (lone surrogates: how Python
+#: hands undecodable argv bytes to the program) or has control characters.
+ALL_WORDS = st.sampled_from(
+    ["--model", "--datapath", "--gemm", "--layers", "--values", "--revision", "--cache-dir", "--local-files-only",
+     "--profile-option", "acc_bits=24", "acc_bits=abc", "acc_bits=99", "foo=1", "k_step=none", "k_step=0",
+     "overflow=saturate", "overflow=raise", "gelu=int32", "requant=arm", "probs=u8-sat", "=", "acc_bits",
+     "--datapath=arm", "--datapath=generic", "tensor-core", "arm", "generic",
+     "--text", "--ids", "0 5 2", "0 99999999999999999999 2", "0,x", "--input-ids", "ids.json", "ids.txt",
+     "floats.json", "short-mask.json", "deep.json", "missing.json", "a-file",
+     "--out", "out", "out/sub", "a-file", "a-file/sub", "full", "model", "model/sub", "--overwrite", ".",
+     "--texts", "t.txt", "bad-utf8.txt", "--max-length", "--batch-size", "--momentum", "--range", "--percentile",
+     "--calib-datapath", "--search-target", "--continue", "--no-progress", "--strict-widths", "--no-param-hex",
+     "--flagged", "--markdown", "emb", "mse", "minmax", "search", "ema", "2", "0", "-1", "1e309", "nan", "0.5",
+     "--help", "--", "-", "", "99", "abc", "caf\udce9", "\ud800", "\x00", "Paris"]
+)
+SURROGATE_TEXT = st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), min_size=1, max_size=3)
+ALL_TOKENS = st.one_of(ALL_WORDS, st.text(max_size=12), SURROGATE_TEXT,
+                       st.builds(lambda a, b: a + b, st.text(max_size=4), SURROGATE_TEXT))
+RUNNABLE = ["run", "widths", "vectors", "calibrate", "convert"]  # bench times, verify needs the oracle
+
+
+def fuzz_folder(root: Path) -> Path:
+    """A working folder with the files the fuzzed arguments name."""
+    (root / "t.txt").write_text("hello world\nIntegers all the way down.\n")
+    (root / "bad-utf8.txt").write_bytes(b"fine\ncaf\xe9\n")
+    (root / "ids.json").write_text(json.dumps({"input_ids": [[0, 5, 6, 2]], "attention_mask": [[1, 1, 1, 1]]}))
+    (root / "ids.txt").write_text("0 5 6 2\n0 7 2\n")
+    (root / "floats.json").write_text(json.dumps({"input_ids": [[0, 31.9, 414.7, 2]]}))
+    (root / "short-mask.json").write_text(json.dumps({"input_ids": [[0, 5, 2]], "attention_mask": [[1, 0]]}))
+    (root / "deep.json").write_text("[" * 50000 + "]" * 50000)
+    (root / "a-file").write_text("x")
+    (root / "full").mkdir()
+    (root / "full" / "old.hex").write_text("00\n")
+    shutil.copytree(default_model_path(), root / "model")
+    return root
+
+
+def listing(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
 
 @scaled(1.0)
-@given(st.lists(TOKENS, max_size=6), st.sampled_from(cli.command_names() + ["", "nope"]))
+@given(st.lists(ALL_TOKENS, max_size=6), st.sampled_from(cli.command_names() + ["", "nope"]))
 def test_cli_parser_accepts_or_exits_2_for_any_arguments(tokens, command):
-    """Every subcommand's parser: parse, or exit 0 (--help / --version) or 2 (usage error)."""
+    """Every subcommand's parser, every option and value: parse, or exit 0 (--help / --version)
+    or 2 (usage error)."""
     argv = ([command] if command else []) + tokens
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:
             cli.build_parser().parse_args(argv)
         except SystemExit as exc:
             assert exc.code in (0, 2)
+
+
+def check_cli_run(cwd: Path, argv) -> None:
+    """``cli.main(argv)`` in ``cwd``, offline: 0, or 2 with one ``ibert-ref CMD: error:`` line and
+    nothing written; never a traceback."""
+    before = listing(cwd)
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HF_HUB_OFFLINE", "1")
+            mp.delenv("IBERT_REF_DEBUG", raising=False)
+            code, err = run_cli(argv)
+    finally:
+        os.chdir(old)
+    assert code in (0, 2) or (code == 3 and "overflow" in err), (argv, code, err)  # 3: overflow='raise' in run
+    assert "Traceback" not in err, (argv, err)
+    if code == 2:
+        assert "error" in err, (argv, err)
+        assert listing(cwd) == before, argv  # a failed run writes nothing
+    assert not [p for p in cwd.rglob("*") if ".ibert-ref-tmp-" in p.name or ".ibert-ref-old-" in p.name]
 
 
 @scaled(0.4)
@@ -333,15 +402,30 @@ def test_cli_run_returns_0_or_2_for_any_arguments(tmp_path_factory, tokens, text
     (ran) or 2 (clear error on stderr), or argparse exits 0/2; never a traceback, and nothing
     is written to the working directory."""
     cwd = tmp_path_factory.mktemp("cli")
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("HF_HUB_OFFLINE", "1")
-            code, err = run_cli(["run", *texts, *tokens])
-    finally:
-        os.chdir(old)
-    assert code in (0, 2)
-    if code == 2:
-        assert "error" in err
+    check_cli_run(cwd, ["run", *texts, *tokens])
     assert list(cwd.iterdir()) == []
+
+
+@scaled(0.5)
+@given(st.sampled_from(RUNNABLE), st.lists(ALL_TOKENS, max_size=7))
+def test_every_command_returns_0_or_2_for_any_arguments(tmp_path_factory, command, tokens):
+    """run / widths / vectors / calibrate / convert with fuzzed options, profile options, input
+    files, output paths and non-UTF-8 text, in a folder holding those files (the bundled model
+    copied in as ``model``): 0 or one clear error line, never a traceback; a failed run leaves
+    the folder as it was and no temporary folder anywhere."""
+    check_cli_run(fuzz_folder(tmp_path_factory.mktemp("cli-all")), [command, *tokens])
+
+
+@scaled(0.3)
+@given(st.sampled_from(RUNNABLE), st.lists(ALL_TOKENS, max_size=4))
+def test_commands_with_their_required_options_and_fuzzed_rest(tmp_path_factory, command, tokens):
+    """As above, with each command's required options present, so the fuzzed options reach the
+    command itself (loading, input files, output folder) rather than argparse."""
+    required = {
+        "run": ["hello"],
+        "widths": [],
+        "vectors": ["--out", "out"],
+        "calibrate": ["--texts", "t.txt", "--out", "out", "--no-progress"],
+        "convert": ["--model", "model", "--out", "out", "--no-progress"],
+    }[command]
+    check_cli_run(fuzz_folder(tmp_path_factory.mktemp("cli-req")), [command, *required, *tokens])
