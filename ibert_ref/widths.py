@@ -197,3 +197,69 @@ def width_census(model, input_ids, attention_mask=None, **call_kwargs) -> Census
         rows.extend(_note_rows(leftover))
     shape = tuple(np.asarray(input_ids).shape) if input_ids is not None else ()
     return Census(datapath=dp.name, rows=rows, overflow_events=list(out.overflow_events), input_shape=shape)
+
+
+# ---------------------------------------------------------------------------------------
+# x86 AVX2: where vpmaddubsw's int16 pair sums would saturate in this run
+@dataclass(frozen=True)
+class PairSaturationRow:
+    """One int8 GEMM of a run (QuantLinear or ``Q K^T``) computed the AVX2 way
+    (:func:`ibert_ref.hardware.x86.vnni_matmul` with ``madd="vpmaddubsw"``): the exact range of
+    the u8 x s8 pair sums ``(x0+128) w0 + (x1+128) w1``, how many leave int16 (saturate), how many
+    accumulators change, and by how much at most."""
+
+    op: str
+    k: int
+    pairs: int
+    saturated: int
+    outputs: int
+    changed: int
+    lo: int
+    hi: int
+    max_delta: int
+
+
+def vpmaddubsw_pairs(model, input_ids, attention_mask=None, **call_kwargs) -> List[PairSaturationRow]:
+    """Run ``model`` once (its own datapath) and recompute each int8 GEMM from the traced int8
+    operands as x86 AVX2 would (activations shifted to u8, ``vpmaddubsw`` + ``vpmaddwd``,
+    weight-sum compensation). ``P V`` is not listed: probabilities of one row sum to at most
+    256, so ``p0 v0 + p1 v1`` stays within ``256 * 128 = 32768`` (never saturates)."""
+    from .hardware.x86 import vnni_matmul
+    from .vectors import op_graph
+
+    out = model(input_ids, attention_mask=attention_mask, return_trace=True, **call_kwargs)
+    heads = int(model.config["num_attention_heads"])
+    rows = []
+    for spec in op_graph(int(model.config["num_hidden_layers"])):
+        if spec.op == "quant_linear":
+            group = model.compiled.embeddings if spec.layer is None else model.compiled.layers[spec.layer]
+            a = np.asarray(out.trace[spec.inputs[0]], dtype=np.int64)
+            b = np.asarray(getattr(group, spec.params).w, dtype=np.int64).T
+        elif spec.op == "attention_scores":
+            q, k = (np.asarray(out.trace[n], dtype=np.int64) for n in spec.inputs)
+            bsz, t, hidden = q.shape
+            a = q.reshape(bsz, t, heads, hidden // heads).transpose(0, 2, 1, 3)
+            b = k.reshape(bsz, t, heads, hidden // heads).transpose(0, 2, 3, 1)
+        else:
+            continue
+        got, info = vnni_matmul(a, b, madd="vpmaddubsw")
+        exact = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+        delta = np.abs(got - exact)
+        lo, hi = info["pair_range"]
+        kk = a.shape[-1]
+        rows.append(PairSaturationRow(spec.name, kk, int(exact.size * ((kk + 1) // 2)), info["pair_saturations"],
+                                      int(exact.size), int(np.count_nonzero(delta)), lo, hi, int(delta.max())))
+    return rows
+
+
+def format_pair_rows(rows: List[PairSaturationRow], layers=None) -> List[str]:
+    """A text table of :func:`vpmaddubsw_pairs` rows (encoder layers in ``layers``; -1 = embeddings)."""
+    keep = [r for r in rows if layers is None or
+            (int(r.op.split(".")[2]) if r.op.startswith("encoder.layer.") else -1) in layers]
+    width = max([len(r.op) for r in keep] + [2])
+    lines = [f"{'op':{width}s} {'K':>5s} {'pairs':>10s} {'saturated':>9s} {'outputs':>8s} {'changed':>8s} "
+             f"{'pair min':>9s} {'pair max':>9s} {'max |d|':>8s}"]
+    for r in keep:
+        lines.append(f"{r.op:{width}s} {r.k:5d} {r.pairs:10d} {r.saturated:9d} {r.outputs:8d} {r.changed:8d} "
+                     f"{r.lo:9d} {r.hi:9d} {r.max_delta:8d}")
+    return lines

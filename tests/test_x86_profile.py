@@ -87,3 +87,26 @@ def test_cli_widths_flags_the_vpmaddubsw_pairs(capsys):
     assert cli_main(["widths", "--text", TEXT, "--layers", "0", "--datapath", "x86-avx2", "--flagged"]) == 0
     out = capsys.readouterr().out
     assert PAIR_PART in out and "saturated in 16 bits" in out
+
+
+def test_pair_report_counts_the_saturated_pairs(batch):
+    """``widths.vpmaddubsw_pairs`` on the exact run: the query GEMM's count equals a direct count
+    of ``(x[2j]+128) w[2j] + (x[2j+1]+128) w[2j+1]`` outside int16."""
+    from ibert_ref.widths import vpmaddubsw_pairs
+
+    ids, mask = batch
+    model = IBertModel.from_pretrained()
+    rows = {r.op: r for r in vpmaddubsw_pairs(model, ids, mask)}
+    name = "encoder.layer.0.attention.self.query"
+    x = model(ids, mask, return_trace=True).trace["embeddings.output_activation"].astype(np.int64) + 128
+    w = np.asarray(model.compiled.layers[0].query.w, dtype=np.int64)  # (out, in)
+    pairs = x[..., None, 0::2] * w[:, 0::2] + x[..., None, 1::2] * w[:, 1::2]  # (B, T, out, K/2)
+    assert rows[name].saturated == np.count_nonzero((pairs > 32767) | (pairs < -32768)) > 0
+    assert (rows[name].lo, rows[name].hi) == (int(pairs.min()), int(pairs.max()))
+    assert "encoder.layer.0.attention.self.scores" in rows and not any("context" in op for op in rows)
+
+
+def test_cli_widths_vpmaddubsw_table(capsys):
+    assert cli_main(["widths", "--text", TEXT, "--layers", "0", "--flagged", "--vpmaddubsw"]) == 0
+    out = capsys.readouterr().out
+    assert "x86 AVX2 vpmaddubsw" in out and "encoder.layer.0.intermediate.dense" in out

@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                    help="only these encoder layers, e.g. '0' or '0,3'; 'emb' = embeddings")
     p.add_argument("--flagged", action="store_true", help="only rows flagged '!' or '*'")
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("--vpmaddubsw", action="store_true",
+                   help="also list, per int8 GEMM of the run, the u8 x s8 pair sums that x86 AVX2's vpmaddubsw would "
+                   "saturate to int16 (activations shifted to u8; see --datapath x86-avx2 for the run itself)")
     p.set_defaults(func=run_widths)
 
 
@@ -94,4 +97,11 @@ def run_widths(args) -> int:
     if lines:
         print()
         print("\n".join(lines))
+    if args.vpmaddubsw:
+        from ..widths import format_pair_rows, vpmaddubsw_pairs
+
+        rows = vpmaddubsw_pairs(model, input_ids, mask)
+        print()
+        print("x86 AVX2 vpmaddubsw: u8 x s8 pair sums (x0+128)*w0 + (x1+128)*w1 beyond int16 (saturated) per int8 GEMM")
+        print("\n".join(format_pair_rows(rows, parse_layers(args.layers))))
     return 0
