@@ -58,6 +58,7 @@ class Progress:
                 file=self.stream,
                 mininterval=0.1,
                 leave=True,
+                disable=False,  # explicit: TQDM_DISABLE in the environment does not turn it off behind enabled
                 bar_format=f"{{l_bar}}{{bar:{width}}}{{r_bar}}" if total else None,
             )
         else:
