@@ -58,7 +58,7 @@ class Progress:
                 file=self.stream,
                 mininterval=0.1,
                 leave=True,
-                disable=False,  # explicit: TQDM_DISABLE in the environment does not turn it off behind enabled
+                disable=False,  # explicit: `enabled` decides, whatever TQDM_DISABLE says
                 bar_format=f"{{l_bar}}{{bar:{width}}}{{r_bar}}" if total else None,
             )
         else:
