@@ -165,22 +165,47 @@ def act_scale(get: Getter, prefix: str, bits: int) -> np.ndarray:
     return symmetric_scale_f32(bits, x_min, x_max)
 
 
-def checked_dyadic(pre_scale, out_scale):
-    """``dyadic_requant`` that refuses a ratio of 2^31 or more (a negative exponent): no
-    requantization in I-BERT multiplies by that much, so the scales are broken."""
+def _first(v) -> float:
+    return float(np.asarray(v, dtype=np.float64).reshape(-1)[0])
+
+
+def _check_scale(what: str, name: str, scale) -> None:
+    """A float32 scale that every derived constant can use: finite and nonzero."""
+    a = np.asarray(scale, dtype=np.float64)
+    bad = ~np.isfinite(a) | (a == 0)
+    if bad.any():
+        raise CompileError(f"{what}: {name} = {a[bad][0]:.4g} is not a finite nonzero float32 scale "
+                           "(bound: 0 < |scale| <= 3.4e38); its calibrated range is degenerate")
+
+
+def checked_dyadic(pre_scale, out_scale, what: str = "requantization"):
+    """``dyadic_requant`` with every constant checked representable: both scales finite and
+    nonzero, the ratio a finite nonzero float64, and ``e >= 0`` (a ratio below 2^31: no
+    requantization in I-BERT multiplies by that much, so the scales are broken). ``what``
+    names the checkpoint keys the scales come from (in the error)."""
+    _check_scale(what, "input scale", pre_scale)
+    _check_scale(what, "output scale", out_scale)
+    ratio = np.asarray(pre_scale, dtype=F32).astype(np.float64) / np.asarray(out_scale, dtype=F32).astype(np.float64)
+    bad = ~np.isfinite(ratio) | (ratio == 0)
+    if bad.any():
+        raise CompileError(f"{what}: requantization ratio {ratio[bad][0]:.4g} is not a finite nonzero number "
+                           "(bound: 2^-1074 < |ratio| < 2^31)")
     dy = dyadic_requant(pre_scale, out_scale)
     if np.any(dy.e < 0):
         ratio = float(np.max(dy.value))
-        raise CompileError(f"requantization ratio {ratio:.3g} >= 2^31: input and output scales are inconsistent")
+        raise CompileError(f"{what}: requantization ratio {ratio:.3g} >= 2^31 (bound: < 2^31): input and output "
+                           "scales are inconsistent")
     return dy
 
 
-def requant_params(bits, out_scale, pre_scale, identity_scale=None) -> RequantParams:
+def requant_params(bits, out_scale, pre_scale, identity_scale=None, what: str = "requantization") -> RequantParams:
+    """QuantAct constants: the dyadic multipliers of the input (and residual) scale to
+    ``out_scale``, checked representable (:func:`checked_dyadic`)."""
     return RequantParams(
         bits=bits,
         out_scale=out_scale,
-        dy=checked_dyadic(pre_scale, out_scale),
-        dy_identity=None if identity_scale is None else checked_dyadic(identity_scale, out_scale),
+        dy=checked_dyadic(pre_scale, out_scale, what),
+        dy_identity=None if identity_scale is None else checked_dyadic(identity_scale, out_scale, what + " (residual)"),
     )
 
 
@@ -217,14 +242,62 @@ def _check_int_constants(what: str, **consts) -> None:
             )
 
 
-def softmax_params(dp: Datapath, score_scale_f32, act_scale_f32) -> SoftmaxParams:
+#: IntSoftmax's i-exp folds ``2^(30 - q)`` (q in [0, 30]) into its requantization shift: the
+#: exact multiplier's ``e`` must be at least this (else q = 0, the row maximum, needs a left shift).
+SOFTMAX_MIN_EXP_SHIFT = 30
+
+
+def _rne_positive(num: int, e: int) -> int:
+    """Round half to even of ``num / 2^e`` for Python ints ``num >= 0``, ``e >= 0``."""
+    q, r = num >> e, num & ((1 << e) - 1)
+    half = 1 << (e - 1) if e > 0 else 0
+    return q + (1 if e > 0 and (r > half or (r == half and q & 1)) else 0)
+
+
+def softmax_params(dp: Datapath, score_scale_f32, act_scale_f32, what: str = "IntSoftmax") -> SoftmaxParams:
+    """IntSoftmax constants for attention-score scale ``s`` (see
+    :class:`~ibert_ref.kernels.SoftmaxParams`), each checked representable:
+
+    * ``s`` finite and nonzero, ``x0_int = floor(-0.6931 / s) <= -1``;
+    * ``|x0_int| * (|x0_int| + |b_int|) + |c_int| < 2^62`` (the exp polynomial in int64);
+    * the exact 16-bit requantization ``m / 2^e`` of ``exp_int`` has ``e >= 30`` (the fold of
+      ``2^(30 - q)`` needs no left shift: softmax.act's scale > 0.5, i.e. its range
+      magnitude > 16383.5);
+    * ``exp(0)`` (every row's maximum: ``c_int * 2^30``) requantizes to at least 1, so no
+      row of 16-bit exponentials sums to 0 (``2^32 / sum`` is defined).
+
+    ``what`` names the checkpoint keys behind ``s`` and the QuantAct range (in the error)."""
     s = np.asarray(score_scale_f32, dtype=F32)
-    s2 = s * s
-    x0_int = np.floor(rdiv_f32(SOFTMAX_X0, s))
-    b_int = np.floor(rdiv_f32(SOFTMAX_COEF[1], s))
-    c_int = np.floor(rdiv_f32(SOFTMAX_COEF[2], s2))
-    exp_scale = (F32(SOFTMAX_COEF[0]) * s2) / F32(2**30)
-    _check_int_constants(f"IntSoftmax (score scale {s.reshape(-1)[0]:.3g})", x0_int=x0_int, b_int=b_int, c_int=c_int)
+    _check_scale(what, "attention-score scale s_q * s_k / sqrt(head_dim)", s)
+    _check_scale(what, "softmax.act scale", act_scale_f32)
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        s2 = s * s
+        x0_int = np.floor(rdiv_f32(SOFTMAX_X0, s))
+        b_int = np.floor(rdiv_f32(SOFTMAX_COEF[1], s))
+        c_int = np.floor(rdiv_f32(SOFTMAX_COEF[2], s2))
+        exp_scale = (F32(SOFTMAX_COEF[0]) * s2) / F32(2**30)
+    _check_int_constants(f"{what} (score scale {s.reshape(-1)[0]:.3g})", x0_int=x0_int, b_int=b_int, c_int=c_int)
+    x0, b, c = int(x0_int.reshape(-1)[0]), int(b_int.reshape(-1)[0]), int(c_int.reshape(-1)[0])
+    if x0 > -1:
+        raise CompileError(f"{what}: x0_int = floor(-0.6931 / s) = {x0} with score scale s = {_first(s):.4g} "
+                           "(bound: x0_int <= -1, i.e. s <= 0.6931)")
+    poly_bound = abs(x0) * (abs(x0) + abs(b)) + abs(c)
+    if poly_bound >= MAX_CONSTANT:
+        raise CompileError(f"{what}: the exp polynomial reaches {poly_bound:.4g} with score scale s = {_first(s):.4g} "
+                           "(bound: < 2^62)")
+    act_f64 = np.asarray(act_scale_f32, dtype=F32).astype(np.float64)
+    dy_exact = dyadic_from_ratio(1.0 / act_f64)
+    m, e = int(dy_exact.m.reshape(-1)[0]), int(dy_exact.e.reshape(-1)[0])
+    if e < SOFTMAX_MIN_EXP_SHIFT:
+        raise CompileError(
+            f"{what}: softmax.act scale {_first(act_f64):.4g} gives the exp requantization shift e = {e} < "
+            f"{SOFTMAX_MIN_EXP_SHIFT} (i-exp's 2^(30 - q) cannot be folded into it); bound: scale > 0.5, i.e. "
+            "max(|x_min|, |x_max|) > 16383.5 (a calibrated range holds exp_int, ~c_int * 2^30)")
+    if m <= 0 or c <= 0 or _rne_positive(c * (1 << 30) * m, e) < 1:
+        raise CompileError(
+            f"{what}: exp(0) = c_int * 2^30 = {c} * 2^30 requantizes to 0 at softmax.act's scale "
+            f"{_first(act_f64):.4g} (score scale s = {_first(s):.4g}): every row of exponentials would sum to 0; "
+            "bound: c_int * 2^30 / scale >= 0.5 (c_int = floor(2.79 / s^2) >= 1 needs s <= 1.67)")
     return SoftmaxParams(
         x0_int=dp.const(x0_int),
         x0_30=dp.const(F32(30) * x0_int),
@@ -232,29 +305,52 @@ def softmax_params(dp: Datapath, score_scale_f32, act_scale_f32) -> SoftmaxParam
         c_int=dp.const(c_int),
         exp_scale=exp_scale,
         act_scale=act_scale_f32,
-        dy_tf=dyadic_requant(exp_scale, act_scale_f32),
+        dy_tf=checked_dyadic(exp_scale, act_scale_f32, what + " (transformers' exp requantization)"),
         # exact: exp_int is the value the QuantAct range was calibrated on (scale 1)
-        dy_exact=dyadic_from_ratio(1.0 / np.asarray(act_scale_f32, dtype=F32).astype(np.float64)),
+        dy_exact=dy_exact,
     )
 
 
 def gelu_params(dp: Datapath, in_scale_f32) -> GeluParams:
     s = np.asarray(in_scale_f32, dtype=F32)
-    t = s / F32(GELU_K)
-    t2 = t * t
-    b_int = np.floor(rdiv_f32(GELU_COEF[1], t))
-    c_int = np.floor(rdiv_f32(GELU_COEF[2], t2))
-    erf_scale = (t2 * F32(GELU_COEF[0])) * F32(2**GELU_CONST)
-    one = np.floor_divide(F32(1.0), erf_scale)
-    out_scale = (s * erf_scale) / F32(2)
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        t = s / F32(GELU_K)
+        t2 = t * t
+        b_int = np.floor(rdiv_f32(GELU_COEF[1], t))
+        c_int = np.floor(rdiv_f32(GELU_COEF[2], t2))
+        erf_scale = (t2 * F32(GELU_COEF[0])) * F32(2**GELU_CONST)
+        one = np.floor_divide(F32(1.0), erf_scale)
+        out_scale = (s * erf_scale) / F32(2)
     _check_int_constants(f"IntGELU (input scale {s.reshape(-1)[0]:.3g})", b_int=b_int, c_int=c_int, one=one)
     return GeluParams(b_int=dp.const(b_int), c_int=dp.const(c_int), one=dp.const(one), out_scale=out_scale)
 
 
-def layernorm_params(dp: Datapath, gamma_f32, beta_f32, shift_f32) -> LayerNormParams:
+def check_gelu_range(what: str, p: GeluParams, x_bound: int) -> None:
+    """IntGELU's widest value, ``x * (erf_q + one)`` with ``|x| <= x_bound`` (the
+    QuantLinear accumulator's bound ``K * 127^2 + max|bias|``) and
+    ``|erf_q| <= (b_int^2 + |c_int|) / 2^14``, must stay below 2^62 (int64 arithmetic and the
+    next requantization's input bound); the output scale must be finite and nonzero."""
+    b = np.abs(np.asarray(p.b_int, dtype=np.float64)).max()
+    c = np.abs(np.asarray(p.c_int, dtype=np.float64)).max()
+    one = np.abs(np.asarray(p.one, dtype=np.float64)).max()
+    bound = float(x_bound) * ((b * b + c) / 2.0**GELU_CONST + one + 1.0)
+    if not bound < float(MAX_CONSTANT):
+        raise CompileError(f"{what}: IntGELU's product x * (erf_q + one) can reach {bound:.4g} (|x| <= {x_bound}, "
+                           f"|b_int| = {b:.4g}, |c_int| = {c:.4g}, |one| = {one:.4g}); bound: < 2^62")
+    _check_scale(what, "IntGELU output scale", p.out_scale)
+
+
+#: IntLayerNorm's ``floor(y * factor / 2)`` stays below 2^52 (``|y| < 2^21``, factor <= 2^31):
+#: ``bias_int`` must leave room for it below 2^62 (the next requantization's input bound).
+MAX_LAYERNORM_BIAS = 2**61
+
+
+def layernorm_params(dp: Datapath, gamma_f32, beta_f32, shift_f32, what: str = "IntLayerNorm") -> LayerNormParams:
+    """IntLayerNorm constants; ``bias_int`` checked below 2^61 and the output scale
+    ``sqrt(D) / 2^30 * gamma`` finite and nonzero (``what`` names the keys in the error)."""
     hidden = gamma_f32.shape[0]
     if np.any(gamma_f32 == 0):
-        raise CompileError("IntLayerNorm weight has a zero: bias/weight is undefined")
+        raise CompileError(f"{what}: IntLayerNorm weight has a zero: bias/weight is undefined")
     shift = float(np.asarray(shift_f32).reshape(-1)[0])
     if shift < 0 or shift != int(shift):
         raise CompileError(f"IntLayerNorm shift must be a non-negative integer, got {shift}")
@@ -265,9 +361,17 @@ def layernorm_params(dp: Datapath, gamma_f32, beta_f32, shift_f32) -> LayerNormP
         )
     dim_sqrt = np.sqrt(F32(hidden))
     base_scale = dim_sqrt / F32(2**30)
-    bias_int = np.floor((beta_f32 / gamma_f32) / base_scale)
-    _check_int_constants("IntLayerNorm", bias_int=bias_int)
-    return LayerNormParams(shift=int(shift), bias_int=dp.const(bias_int), out_scale=base_scale * gamma_f32)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        bias_int = np.floor((beta_f32 / gamma_f32) / base_scale)
+        out_scale = base_scale * gamma_f32
+    _check_int_constants(what, bias_int=bias_int)
+    big = np.abs(bias_int) >= MAX_LAYERNORM_BIAS
+    if big.any():
+        i = int(np.flatnonzero(big)[0])
+        raise CompileError(f"{what}: bias_int[{i}] = floor((beta / gamma) / (sqrt(D) / 2^30)) = {bias_int[i]:.4g} "
+                           f"(beta {float(beta_f32[i]):.4g}, gamma {float(gamma_f32[i]):.4g}); bound: |bias_int| < 2^61")
+    _check_scale(what, "IntLayerNorm output scale sqrt(D) / 2^30 * gamma", out_scale)
+    return LayerNormParams(shift=int(shift), bias_int=dp.const(bias_int), out_scale=out_scale)
 
 
 # ---------------------------------------------------------------------------------------
@@ -276,36 +380,73 @@ def norm_params(dp: Datapath, get: Getter, prefix: str, fd: frozenset, eps: floa
     gamma, beta = get(prefix + ".weight"), get(prefix + ".bias")
     if "layernorm" in fd:
         return FloatLayerNormParams(gamma=gamma.astype(F32), beta=beta.astype(F32), eps=float(eps))
-    return layernorm_params(dp, gamma, beta, get(prefix + ".shift"))
+    return layernorm_params(dp, gamma, beta, get(prefix + ".shift"), what=f"{prefix} (.weight, .bias, .shift)")
 
 
-def act_params(bits: int, out_scale, producer) -> ActParams:
+def act_params(bits: int, out_scale, producer, what: str = "requantization") -> ActParams:
     """The QuantAct after ``producer``: requantization from the producer's output scale,
     or the input-quantization path when the producer ran in float (``producer`` is None or
     a :class:`FloatLayerNormParams`)."""
     if producer is None or isinstance(producer, FloatLayerNormParams):
         return QuantizeInputParams(bits=bits, scale=out_scale)
-    return requant_params(bits, out_scale, producer.out_scale)
+    return requant_params(bits, out_scale, producer.out_scale, what=what)
+
+
+def always_zero(bound: int, dy) -> bool:
+    """Whether ``rne(z * m / 2^e)`` is 0 for every ``|z| <= bound`` (``bound * |m| / 2^e <= 1/2``),
+    for every channel of ``dy``. Exact (Python ints)."""
+    m, e = np.broadcast_arrays(np.abs(np.asarray(dy.m, dtype=np.int64)).reshape(-1),
+                               np.asarray(dy.e, dtype=np.int64).reshape(-1))
+    return all(2 * int(bound) * int(mi) <= (1 << int(ei)) for mi, ei in zip(m, e))
+
+
+def check_layernorm_input(what: str, terms) -> None:
+    """Refuse an IntLayerNorm whose input requantization gives 0 for every input it can get
+    (``terms``: ``(bound on |z|, Dyadic)`` per added term): every row would be all zeros, its
+    standard deviation 0 and ``2^31 / std`` undefined."""
+    if all(always_zero(bound, dy) for bound, dy in terms):
+        detail = ", ".join(f"|z| <= {bound} times {float(np.max(np.abs(dy.value))):.4g}" for bound, dy in terms)
+        raise CompileError(f"{what}: every input requantizes to 0 ({detail}), so every IntLayerNorm row is all "
+                           "zeros (std 0); bound: some |z| * ratio > 0.5")
+
+
+def range_key(get: Getter, prefix: str) -> str:
+    """``"<prefix>.x_min/x_max = [lo, hi]"``: a QuantAct's checkpoint keys and values (for errors)."""
+    try:
+        lo, hi = _first(get(prefix + ".x_min")), _first(get(prefix + ".x_max"))
+    except Exception:  # noqa: BLE001 - a missing key is reported where it is read
+        return prefix
+    return f"{prefix}.x_min/x_max = [{lo:.6g}, {hi:.6g}]"
 
 
 def compile_embeddings(dp: Datapath, get: Getter, fd: frozenset = frozenset(), eps: float = 1e-12) -> EmbeddingsParams:
     p = "embeddings."
+
+    def k(name):
+        return range_key(get, p + name)
+
     word = embedding_params(dp, get(p + "word_embeddings.weight"))
     token_type = embedding_params(dp, get(p + "token_type_embeddings.weight"))
     position = embedding_params(dp, get(p + "position_embeddings.weight"))
     s_act1 = act_scale(get, p + "embeddings_act1", EMBEDDING_ACT_BITS)
     layernorm = norm_params(dp, get, p + "LayerNorm", fd, eps)
     s_out = act_scale(get, p + "output_activation", ACT_BITS)
+    act1_first = requant_params(EMBEDDING_ACT_BITS, s_act1, word.scale, token_type.scale, what=k("embeddings_act1"))
+    act1_second = requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, position.scale, what=k("embeddings_act1"))
+    if isinstance(layernorm, LayerNormParams):  # int8 tables: |q| <= 127
+        first_zero = always_zero(127, act1_first.dy) and always_zero(127, act1_first.dy_identity)
+        check_layernorm_input(k("embeddings_act1"), [(0 if first_zero else 2**15, act1_second.dy),
+                                                     (127, act1_second.dy_identity)])
     return EmbeddingsParams(
         word=word,
         token_type=token_type,
         position=position,
-        act1_first=requant_params(EMBEDDING_ACT_BITS, s_act1, word.scale, token_type.scale),
-        act1_second=requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, position.scale),
+        act1_first=act1_first,
+        act1_second=act1_second,
         layernorm=layernorm,
-        output_activation=act_params(ACT_BITS, s_out, layernorm),
+        output_activation=act_params(ACT_BITS, s_out, layernorm, what=k("output_activation")),
         act1_input=QuantizeInputParams(bits=EMBEDDING_ACT_BITS, scale=s_act1),
-        act1_input_identity=requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, token_type.scale),
+        act1_input_identity=requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, token_type.scale, what=k("embeddings_act1")),
     )
 
 
@@ -314,6 +455,10 @@ def compile_layer(
 ) -> LayerParams:
     p = f"encoder.layer.{i}."
     sa = p + "attention.self."
+
+    def k(name):
+        return range_key(get, name)
+
     hidden = get(sa + "query.weight").shape[0]
     head_dim = hidden // num_heads
 
@@ -324,16 +469,19 @@ def compile_layer(
     s_q = act_scale(get, sa + "query_activation", ACT_BITS)
     s_k = act_scale(get, sa + "key_activation", ACT_BITS)
     s_v = act_scale(get, sa + "value_activation", ACT_BITS)
-    score_scale = (s_q * s_k) / F32(math.sqrt(head_dim))
+    with np.errstate(over="ignore", under="ignore"):
+        score_scale = (s_q * s_k) / F32(math.sqrt(head_dim))
     softmax = None  # float softmax: softmax.act is never called (nor calibrated)
     if "softmax" not in fd:
-        softmax = softmax_params(dp, score_scale, act_scale(get, sa + "softmax.act", SOFTMAX_ACT_BITS))
+        softmax = softmax_params(dp, score_scale, act_scale(get, sa + "softmax.act", SOFTMAX_ACT_BITS),
+                                 what=f"{k(sa + 'softmax.act')}; score scale from {k(sa + 'query_activation')}, "
+                                      f"{k(sa + 'key_activation')}")
     context_scale = F32(1.0 / 256.0) * s_v
     s_ctx_out = act_scale(get, sa + "output_activation", ACT_BITS)
     if softmax is None:
         self_output_activation = QuantizeInputParams(bits=ACT_BITS, scale=s_ctx_out)
     else:
-        self_output_activation = requant_params(ACT_BITS, s_ctx_out, context_scale)
+        self_output_activation = requant_params(ACT_BITS, s_ctx_out, context_scale, what=k(sa + "output_activation"))
 
     ao = p + "attention.output."
     attn_dense = lin(ao + "dense", s_ctx_out)
@@ -344,6 +492,11 @@ def compile_layer(
 
     inter_dense = lin(p + "intermediate.dense", s_pre_int)
     gelu = None if "gelu" in fd else gelu_params(dp, inter_dense.out_scale)
+    if gelu is not None:
+        w_inter = get(p + "intermediate.dense.weight")
+        x_bound = int(w_inter.shape[1]) * 127 * 127 + int(np.max(np.abs(np.asarray(inter_dense.b, dtype=np.float64))))
+        check_gelu_range(f"{p}intermediate.intermediate_act_fn (input scale from {k(p + 'pre_intermediate_act')} and "
+                         f"{p}intermediate.dense.weight)", gelu, x_bound)
     s_inter_out = act_scale(get, p + "intermediate.output_activation", ACT_BITS)
     s_pre_out = act_scale(get, p + "pre_output_act", ACT_BITS)
 
@@ -351,31 +504,41 @@ def compile_layer(
     s_ln2_in = act_scale(get, p + "output.ln_input_act", LN_INPUT_BITS)
     ln2 = norm_params(dp, get, p + "output.LayerNorm", fd, eps)
     s_layer_out = act_scale(get, p + "output.output_activation", ACT_BITS)
+    attn_ln_input_act = requant_params(LN_INPUT_BITS, s_ln1_in, attn_dense.out_scale, in_scale,
+                                       what=k(ao + "ln_input_act"))
+    output_ln_input_act = requant_params(LN_INPUT_BITS, s_ln2_in, out_dense.out_scale, s_pre_int,
+                                         what=k(p + "output.ln_input_act"))
+    for name, act, dense, norm in ((ao + "ln_input_act", attn_ln_input_act, attn_dense, ln1),
+                                   (p + "output.ln_input_act", output_ln_input_act, out_dense, ln2)):
+        if isinstance(norm, LayerNormParams):  # the dense accumulator and an int8 residual
+            acc_bound = int(np.asarray(dense.w).shape[1]) * 127 * 127 + int(
+                np.max(np.abs(np.asarray(dense.b, dtype=np.float64))))
+            check_layernorm_input(k(name), [(acc_bound, act.dy), (127, act.dy_identity)])
 
     return LayerParams(
         query=query,
         key=key,
         value=value,
-        query_activation=requant_params(ACT_BITS, s_q, query.out_scale),
-        key_activation=requant_params(ACT_BITS, s_k, key.out_scale),
-        value_activation=requant_params(ACT_BITS, s_v, value.out_scale),
+        query_activation=requant_params(ACT_BITS, s_q, query.out_scale, what=k(sa + "query_activation")),
+        key_activation=requant_params(ACT_BITS, s_k, key.out_scale, what=k(sa + "key_activation")),
+        value_activation=requant_params(ACT_BITS, s_v, value.out_scale, what=k(sa + "value_activation")),
         score_scale=score_scale,
         softmax=softmax,
         context_scale=context_scale,
         self_output_activation=self_output_activation,
         attn_dense=attn_dense,
-        attn_ln_input_act=requant_params(LN_INPUT_BITS, s_ln1_in, attn_dense.out_scale, in_scale),
+        attn_ln_input_act=attn_ln_input_act,
         attn_layernorm=ln1,
-        attn_output_activation=act_params(ACT_BITS, s_attn_out, ln1),
-        pre_intermediate_act=requant_params(ACT_BITS, s_pre_int, s_attn_out),
+        attn_output_activation=act_params(ACT_BITS, s_attn_out, ln1, what=k(ao + "output_activation")),
+        pre_intermediate_act=requant_params(ACT_BITS, s_pre_int, s_attn_out, what=k(p + "pre_intermediate_act")),
         intermediate_dense=inter_dense,
         gelu=gelu,
-        intermediate_output_activation=act_params(ACT_BITS, s_inter_out, gelu),
-        pre_output_act=requant_params(ACT_BITS, s_pre_out, s_inter_out),
+        intermediate_output_activation=act_params(ACT_BITS, s_inter_out, gelu, what=k(p + "intermediate.output_activation")),
+        pre_output_act=requant_params(ACT_BITS, s_pre_out, s_inter_out, what=k(p + "pre_output_act")),
         output_dense=out_dense,
-        output_ln_input_act=requant_params(LN_INPUT_BITS, s_ln2_in, out_dense.out_scale, s_pre_int),
+        output_ln_input_act=output_ln_input_act,
         output_layernorm=ln2,
-        output_activation=act_params(ACT_BITS, s_layer_out, ln2),
+        output_activation=act_params(ACT_BITS, s_layer_out, ln2, what=k(p + "output.output_activation")),
         input_scale=np.asarray(in_scale, dtype=F32),
     )
 
@@ -431,6 +594,17 @@ def check_config(config: dict) -> None:
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     if hidden % heads != 0:
         raise CompileError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+    pad, vocab = config.get("pad_token_id", 1), config["vocab_size"]
+    if pad >= vocab:
+        raise CompileError(f"config.json: pad_token_id={pad} must be below vocab_size={vocab} (a token id)")
+    maxpos = config["max_position_embeddings"]
+    if pad + 1 >= maxpos:
+        raise CompileError(f"config.json: pad_token_id={pad} leaves no position: RoBERTa positions start at "
+                           f"pad_token_id + 1, which must be below max_position_embeddings={maxpos}")
+    if "layer_norm_eps" in config:
+        eps = config["layer_norm_eps"]
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise CompileError(f"config.json: layer_norm_eps={eps!r} must be a finite number >= 0")
 
 
 def expected_shape(key: str, config: dict):

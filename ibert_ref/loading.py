@@ -83,6 +83,9 @@ class Checkpoint:
     source: str
     files: list[str] = field(default_factory=list)
 
+    def __post_init__(self):
+        check_prefix_duplicates(self.tensors, self.source)
+
     def find_key(self, key: str, prefix_options: Sequence[str] = ("", "ibert.")) -> str | None:
         """Return the stored key matching ``key`` with or without one of ``prefix_options``.
 
@@ -151,6 +154,24 @@ class Checkpoint:
     def keys(self) -> list[str]:
         """All stored tensor keys, in loading order."""
         return list(self.tensors)
+
+
+def check_prefix_duplicates(tensors: dict, source: str = "") -> None:
+    """Refuse a checkpoint that stores the same tensor with and without the ``ibert.`` prefix
+    (a base-model key and a task-model key) with different values: :meth:`Checkpoint.tensor`
+    would silently pick one. Equal values (same shape and elements) are accepted."""
+    for key, arr in tensors.items():
+        if not key.startswith("ibert."):
+            continue
+        other = tensors.get(key[len("ibert."):])
+        if other is None:
+            continue
+        a, b = np.asarray(arr), np.asarray(other)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise CheckpointError(
+                f"checkpoint {source!r} stores {key[len('ibert.'):]!r} both with and without the 'ibert.' prefix "
+                f"with different values (shapes {b.shape} and {a.shape}): which one is meant is ambiguous"
+            )
 
 
 def _candidate_keys(key: str, prefix_options: Sequence[str]) -> list[str]:
@@ -446,6 +467,8 @@ def read_json(path: str | os.PathLike, what: str | None = None) -> dict:
         ) from exc
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{label}: not UTF-8 text: {exc}") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{label}: JSON nested too deeply to parse (not a config file?)") from exc
     except OSError as exc:
         raise CheckpointError(f"{label}: cannot read file: {exc}") from exc
     if not isinstance(data, dict):
@@ -463,7 +486,10 @@ def _read_safetensors_header(path: str) -> tuple[dict, int]:
         size = os.path.getsize(path)
         if n > size - 8:
             raise CheckpointError(f"{path}: safetensors header length {n} exceeds file size {size}")
-        header = json.loads(fh.read(n).decode("utf-8"))
+        try:
+            header = json.loads(fh.read(n).decode("utf-8"))
+        except RecursionError as exc:
+            raise CheckpointError(f"{path}: safetensors header nested too deeply to parse") from exc
     return header, 8 + n
 
 

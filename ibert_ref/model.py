@@ -10,7 +10,7 @@ its output stands for, keyed by transformers' module path.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -30,6 +30,24 @@ OP_BITS = {
     "IntGELU": 64,  # ~40 bits on roberta-base-sized layers
     "IntLayerNorm": 32,
 }
+
+
+#: Per-chunk element budget of a forward pass: a batch is run in blocks of
+#: ``rows_per_chunk(config, T)`` sequences, so that each block's widest activation
+#: (``rows * T * max(H, I, heads * T)`` integers: the FFN's ``I``-wide tensors or the
+#: ``heads x T x T`` attention scores) has at most this many elements. The integers are those
+#: of one call on the whole batch. See :func:`rows_per_chunk` and docs/properties.md.
+CHUNK_ELEMENTS = 1 << 24
+
+
+def rows_per_chunk(config: dict, seq_len: int, budget: Optional[int] = None) -> int:
+    """Sequences per block of a forward pass: ``max(1, budget // (T * max(H, I, heads * T)))``
+    with ``budget = CHUNK_ELEMENTS`` (2^24 elements: 128 MiB per int64 array of the widest
+    activation). A single sequence wider than the budget runs alone (one row per block)."""
+    budget = CHUNK_ELEMENTS if budget is None else int(budget)
+    width = max(int(config["hidden_size"]), int(config["intermediate_size"]),
+                int(config["num_attention_heads"]) * int(seq_len))
+    return max(1, budget // max(1, int(seq_len) * width))
 
 
 @dataclass
@@ -144,7 +162,19 @@ def layer_norm(dp, fops, x: QTensor, p, rec, name):
     """IntLayerNorm (traced), or its float32 fallback (returns a float32 array, untraced)."""
     if isinstance(p, FloatLayerNormParams):
         return fops.ibert_layernorm(dp.dequantize(x), p)
-    return rec(name, "IntLayerNorm", K.int_layernorm(dp, x, p))
+    try:
+        out = K.int_layernorm(dp, x, p)
+    except ZeroDivisionError as exc:
+        raise DegenerateRowError(
+            f"{name}: an input row is constant (all {x.data.shape[-1]} channels equal, standard deviation 0), so "
+            "IntLayerNorm's 2^31 / std is undefined (transformers gives NaN here); the QuantAct range before "
+            "this LayerNorm is too coarse for these inputs"
+        ) from exc
+    return rec(name, "IntLayerNorm", out)
+
+
+class DegenerateRowError(ValueError):
+    """An input row for which an integer kernel is undefined (a constant IntLayerNorm row)."""
 
 
 def embeddings_forward(
@@ -442,6 +472,78 @@ class IBertModel:
                 input_ids, attention_mask, token_type_ids, position_ids
             )
         head_mask = self._check_head_mask(head_mask)
+        rows = rows_per_chunk(self.config, input_ids.shape[1] if input_ids is not None else inputs_embeds.shape[1])
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        if batch <= rows:
+            out = self._forward(input_ids, inputs_embeds, mask, token_type_ids, position_ids, head_mask,
+                                output_hidden_states, output_attentions, return_trace)
+        else:
+            out = self._forward_chunked(rows, batch, input_ids, inputs_embeds, mask, token_type_ids, position_ids,
+                                        head_mask, output_hidden_states, output_attentions, return_trace)
+        return out if return_dict else out.to_tuple()
+
+    def _forward_chunked(self, rows, batch, input_ids, inputs_embeds, mask, token_type_ids, position_ids, head_mask,
+                         output_hidden_states, output_attentions, return_trace):
+        """The forward on consecutive blocks of ``rows`` batch rows, outputs concatenated along
+        the batch axis. Every op of the encoder is per sequence (per-tensor scales fixed at
+        compile time, attention within a sequence), so the integers are those of one call on
+        the whole batch (tests/test_chunking.py). Overflow records stay per block (their flat
+        indices count within the block; the detail names the block's rows); width-census
+        notes of every block are kept."""
+        dp = self.datapath
+        parts, notes, events = [], [], []
+        for r0 in range(0, batch, rows):
+            sl = slice(r0, min(r0 + rows, batch))
+            part = self._forward(
+                None if input_ids is None else input_ids[sl], None if inputs_embeds is None else inputs_embeds[sl],
+                mask[sl], token_type_ids[sl], position_ids[sl], head_mask, output_hidden_states, output_attentions,
+                return_trace)
+            log = getattr(dp, "oplog", None)
+            if log is not None:
+                notes += list(log.notes)
+            rows_txt = f"batch rows {sl.start}..{sl.stop - 1} of a chunked batch"
+            events += [replace(r, detail=f"{r.detail}; {rows_txt}" if r.detail else rows_txt)
+                       for r in part.overflow_events]
+            parts.append(part)
+        log = getattr(dp, "oplog", None)
+        if log is not None:
+            log.notes = notes
+            log.events = list(events)
+
+        def cat(get):
+            values = [get(p) for p in parts]
+            return None if values[0] is None else np.concatenate(values, axis=0)
+
+        def cat_tuple(get):
+            values = [get(p) for p in parts]
+            if values[0] is None:
+                return None
+            return tuple(np.concatenate([v[i] for v in values], axis=0) for i in range(len(values[0])))
+
+        first = parts[0]
+        out = IBertModelOutput(
+            last_hidden_state=cat(lambda p: p.last_hidden_state),
+            pooler_output=cat(lambda p: p.pooler_output),
+            trace=None if first.trace is None else {k: np.concatenate([p.trace[k] for p in parts], axis=0)
+                                                    for k in first.trace},
+            trace_meta=first.trace_meta,
+            last_hidden_state_int=cat(lambda p: p.last_hidden_state_int),
+            last_hidden_state_scale=first.last_hidden_state_scale,
+            overflow_events=events,
+        )
+        if output_hidden_states:
+            out.hidden_states = cat_tuple(lambda p: p.hidden_states)
+            out.hidden_states_int = cat_tuple(lambda p: p.hidden_states_int)
+            out.hidden_states_scale = first.hidden_states_scale
+        if output_attentions:
+            out.attentions = cat_tuple(lambda p: p.attentions)
+            out.attentions_int = cat_tuple(lambda p: p.attentions_int)
+            out.attentions_scale = first.attentions_scale
+        return out
+
+    def _forward(self, input_ids, inputs_embeds, mask, token_type_ids, position_ids, head_mask,
+                 output_hidden_states, output_attentions, return_trace):
+        """The forward pass on validated inputs (one block of batch rows)."""
         dp, cm, fops = self.datapath, self.compiled, self.float_ops
         tracer = Tracer(dp) if return_trace else None
         rec = tracer if tracer is not None else _name_ops(dp)
@@ -492,7 +594,7 @@ class IBertModel:
                 out.attentions = tuple(dp.dequantize(p) for p in attentions)
                 out.attentions_int = tuple(dp.integers(p).astype(np.int16) for p in attentions)
                 out.attentions_scale = tuple(p.scale for p in attentions)
-        return out if return_dict else out.to_tuple()
+        return out
 
     forward = __call__
 
