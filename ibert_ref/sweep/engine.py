@@ -33,7 +33,7 @@ import numpy as np
 from .grid import GridPoint
 from .work import EXACT_ID, ModelSpec
 
-__all__ = ["SweepError", "SweepInputs", "read_inputs", "make_shards", "run_sweep", "SweepRun", "THREAD_ENV"]
+__all__ = ["SweepError", "SweepInputs", "read_inputs", "make_shards", "run_sweep", "SweepRun", "THREAD_ENV", "local_cluster"]
 
 FORMAT = 1
 
@@ -351,7 +351,7 @@ class SweepRun:
 
 def _start_client(workers: Optional[int], scheduler: Optional[str], connect_timeout: float):
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise SweepError(
             "ibert-ref sweep needs Dask distributed: pip install -e '.[sweep]' (dask[distributed], matplotlib)"
@@ -362,16 +362,25 @@ def _start_client(workers: Optional[int], scheduler: Optional[str], connect_time
         except (OSError, TimeoutError) as exc:
             raise SweepError(f"--scheduler {scheduler}: cannot connect ({type(exc).__name__}: {exc})".splitlines()[0]) from None
         return client, None
-    n = workers or os.cpu_count() or 1
-    cluster = LocalCluster(
-        n_workers=n,
+    cluster = local_cluster(workers or os.cpu_count() or 1)
+    return Client(cluster), cluster
+
+
+def local_cluster(n_workers: int, silence_logs: int = logging.ERROR):
+    """A LocalCluster of ``n_workers`` process workers with one thread each (:data:`THREAD_ENV`),
+    listening on 127.0.0.1 only, without a dashboard (its HTTP routes on a free port)."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=n_workers,
         threads_per_worker=1,
         processes=True,
+        host="127.0.0.1",
         dashboard_address=None,
-        silence_logs=logging.ERROR,
+        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+        silence_logs=silence_logs,
         env=dict(THREAD_ENV),
     )
-    return Client(cluster), cluster
 
 
 def run_sweep(
