@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,3 +50,17 @@ def test_console_script_runs():
     done = subprocess.run([exe, "run", TEXT], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "encoder.layer.3.output.output_activation" in done.stdout
+
+
+def test_the_shipped_calibration_file_calibrates_the_bundled_model(tmp_path, capsys):
+    """examples/calib.txt (docs/verification.md's commands) works as --texts: every line is a
+    non-empty UTF-8 sentence, and the calibrated folder loads and runs."""
+    texts = Path(__file__).resolve().parents[1] / "examples" / "calib.txt"
+    lines = texts.read_text(encoding="utf-8").splitlines()
+    assert len(lines) >= 30 and all(line.strip() for line in lines)
+    out = tmp_path / "calibrated"
+    assert main(["calibrate", "--texts", str(texts), "--out", str(out), "--no-progress"]) == 0
+    assert f"written to {out}" in capsys.readouterr().out
+    model = IBertModel.from_pretrained(str(out))
+    enc = Tokenizer.from_pretrained(str(out))(TEXT)
+    assert model(enc["input_ids"]).last_hidden_state_int.shape[-1] == model.config["hidden_size"]
