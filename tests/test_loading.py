@@ -651,3 +651,90 @@ def test_transformers_saved_checkpoints(tmp_path):
         for key, value in half.state_dict().items():
             assert ckpt.tensors[key].dtype == np.float32
             np.testing.assert_array_equal(ckpt.tensors[key], value.float().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzz: a checkpoint that loads must run. Tensor values replaced by extreme finite floats
+# (ranges, LayerNorm parameters and shifts, weights, biases, embeddings): loading either
+# refuses it with a ValueError (CheckpointError / CompileError naming the key) or every
+# datapath runs a forward; a degenerate input row may be refused with a ValueError too, but
+# nothing else escapes (no ZeroDivisionError, OverflowError, IndexError, ...), and the integer
+# datapaths never produce int64's minimum (a NaN cast) nor a non-finite output.
+FUZZ_CONFIG = {
+    "model_type": "ibert", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1,
+    "intermediate_size": 16, "vocab_size": 20, "max_position_embeddings": 12, "type_vocab_size": 1,
+    "pad_token_id": 1, "quant_mode": True, "hidden_act": "gelu", "force_dequant": "none",
+}
+FUZZ_IDS = np.array([[0, 5, 6, 7, 2, 1], [0, 9, 2, 1, 1, 1]])
+FUZZ_MASK = (FUZZ_IDS != 1).astype(np.int64)
+EXTREMES = [0.0, 1e-38, 1e-30, 1e-12, 1e-6, 1e-3, 0.5, 1.0, 31.0, 32.0, 100.0, 1e4, 16383.0, 16385.0, 1e8,
+            1e15, 1e30, 3.4e38]
+
+
+@pytest.fixture(scope="module")
+def fuzz_base():
+    from ibert_ref import strategies as S
+
+    return S.make_numpy_checkpoint(FUZZ_CONFIG, seed=0)
+
+
+def _fuzz_forward(ckpt):
+    from ibert_ref.model import IBertModel
+
+    for datapath in ("exact", "transformers", "arm"):
+        try:
+            model = IBertModel.from_checkpoint(ckpt, datapath=datapath)
+        except ValueError as exc:  # CheckpointError / CompileError: refused at load, with a message
+            assert str(exc)
+            return "refused"
+        try:
+            with np.errstate(all="ignore"):
+                out = model(FUZZ_IDS, attention_mask=FUZZ_MASK, return_trace=True)
+        except ValueError as exc:  # a degenerate row (constant LayerNorm input), named
+            assert str(exc)
+            continue
+        if datapath != "transformers":  # transformers' own float32 emulation may give NaN
+            assert np.isfinite(out.last_hidden_state).all(), datapath
+            for name, v in out.trace.items():
+                assert v.size == 0 or int(v.min()) > np.iinfo(np.int64).min, (datapath, name)
+    return "ran"
+
+
+def test_fuzzed_values_load_and_run_or_are_refused(fuzz_base, tmp_path_factory):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    keys = sorted(fuzz_base.tensors)
+    ranges = sorted({k[: -len(".x_max")] for k in keys if k.endswith(".x_max")})
+    outcomes = []
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(st.data())
+    def run(data):
+        t = dict(fuzz_base.tensors)
+        for _ in range(data.draw(st.integers(1, 3))):
+            if data.draw(st.booleans()):  # a QuantAct range
+                key = data.draw(st.sampled_from(ranges))
+                mag = data.draw(st.sampled_from(EXTREMES))
+                lo = -mag if data.draw(st.booleans()) else data.draw(st.sampled_from([0.0, mag / 2]))
+                t[key + ".x_min"] = np.array([lo], np.float32)
+                t[key + ".x_max"] = np.array([mag], np.float32)
+            else:  # any other tensor, scaled or filled
+                key = data.draw(st.sampled_from([k for k in keys if not k.endswith((".x_min", ".x_max"))]))
+                v = np.asarray(t[key], np.float32)
+                how = data.draw(st.sampled_from(["fill", "scale", "negate"]))
+                x = np.float32(data.draw(st.sampled_from(EXTREMES)))
+                t[key] = (np.full_like(v, x) if how == "fill" else v * x if how == "scale" else -v).astype(np.float32)
+        folder = tmp_path_factory.mktemp("fuzz")
+        stnp.save_file(t, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(FUZZ_CONFIG))
+        try:
+            ckpt = load_checkpoint(folder)
+        except CheckpointError as exc:
+            assert str(exc)
+            outcomes.append("refused")
+            return
+        outcomes.append(_fuzz_forward(ckpt))
+
+    run()
+    assert "ran" in outcomes and "refused" in outcomes  # the fuzzer reaches the forward pass
