@@ -350,3 +350,47 @@ def test_sigint_to_a_running_vectors_command_leaves_the_earlier_folder(models, t
     assert err.strip() == "ibert-ref vectors: interrupted"
     assert snapshot(out) == before
     assert leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def float_roberta(tmp_path):
+    """A float RoBERTa folder: the bundled model's weights under ``model_type: roberta``."""
+    src = tmp_path / "roberta"
+    shutil.copytree(default_model_path(), src)
+    config = json.loads((src / "config.json").read_text())
+    config.update(model_type="roberta")
+    config.pop("quant_mode", None)
+    config.pop("force_dequant", None)
+    (src / "config.json").write_text(json.dumps(config))
+    return src
+
+
+@pytest.mark.parametrize("range_method", ["ema", "mse"])
+def test_convert_interrupted_during_calibration_leaves_no_uncalibrated_checkpoint(
+        float_roberta, tmp_path, monkeypatch, range_method):
+    """Conversion writes the uncalibrated layout first; Ctrl-C during the calibration used to leave it
+    at --out. Now --out appears only with the calibrated checkpoint."""
+    import ibert_ref.calibrate as C
+
+    texts = tmp_path / "calib.txt"
+    texts.write_text("hello world\nThe capital of France is Paris.\n")
+    out = tmp_path / "converted"
+    argv = ["convert", "--model", str(float_roberta), "--out", str(out), "--texts", str(texts), "--no-progress",
+            "--range", range_method]
+    real = C.calibrate_checkpoint
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "calibrate_checkpoint", interrupted)
+    code, _, err = run_cli(argv)
+    assert code == 130 and err.strip() == "ibert-ref convert: interrupted"
+    assert not out.exists() and leftovers(tmp_path) == []
+    monkeypatch.setattr(C, "calibrate_checkpoint", real)
+    code, stdout, _ = run_cli(argv)
+    assert code == 0 and f"written to {out}" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "ibert" and config["quant_mode"] is True
+    from ibert_ref import IBertModel
+
+    IBertModel.from_pretrained(str(out))  # calibrated: compiles
