@@ -272,7 +272,8 @@ def _compare_into(res: dict, idx: int, base: dict, cur: dict) -> None:
 def _add_overflow(res: dict, events, op_order: dict) -> None:
     for ev in events:
         op = ev.op or "(unattributed)"
-        slot = res["overflow"].setdefault(op, [op_order.get(op, len(op_order)), 0])
+        key = f"{op} [{ev.part}]" if getattr(ev, "part", "") else op
+        slot = res["overflow"].setdefault(key, [op_order.get(op, len(op_order)), 0])
         slot[1] += int(ev.count)
 
 
