@@ -25,62 +25,32 @@ pooler (``pooler.dense``) is kept when present. The tokenizer files are copied.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from .checkpoint_schema import (  # noqa: F401 - re-exported: the names used to live here
+    DEAD_QUANT_ACT_SUFFIXES,
+    EMBEDDING_QUANT_ACTS,
+    EMBEDDING_TABLES,
+    LAYER_LAYERNORMS,
+    LAYER_LINEARS,
+    LAYER_QUANT_ACTS,
+    UNCALIBRATED_MAX_F32,
+    UNCALIBRATED_MIN_F32,
+    float_parameter_keys,
+    is_dead_quant_act,
+    layernorm_names,
+    linear_names,
+    quant_act_names,
+    uncalibrated_quant_buffers,
+)
+from .checkpoint_writer import TOKENIZER_FILES, copy_tokenizer_files, write_checkpoint  # noqa: F401
 from .loading import Checkpoint, load_checkpoint
 from .quant import F32
-
-#: transformers' initial QuantAct range (``zeros(1) -/+ 1e-5`` in float32).
-UNCALIBRATED_MIN_F32 = np.array([-1e-5], dtype=F32)
-UNCALIBRATED_MAX_F32 = np.array([1e-5], dtype=F32)
-
-#: Tokenizer files copied next to a converted / calibrated checkpoint when present.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-)
-
-# Module names of I-BERT (relative to the base model), the single source of the key layout.
-EMBEDDING_TABLES = ("word_embeddings", "token_type_embeddings", "position_embeddings")
-EMBEDDING_QUANT_ACTS = ("embeddings_act1", "embeddings_act2", "LayerNorm.activation", "output_activation")
-LAYER_LINEARS = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-)
-LAYER_LAYERNORMS = ("attention.output.LayerNorm", "output.LayerNorm")
-LAYER_QUANT_ACTS = (
-    "attention.self.query_activation",
-    "attention.self.key_activation",
-    "attention.self.value_activation",
-    "attention.self.output_activation",
-    "attention.self.softmax.act",
-    "attention.output.ln_input_act",
-    "attention.output.LayerNorm.activation",
-    "attention.output.output_activation",
-    "intermediate.output_activation",
-    "output.ln_input_act",
-    "output.LayerNorm.activation",
-    "output.output_activation",
-    "pre_intermediate_act",
-    "pre_output_act",
-)
-#: QuantActs transformers creates but never calls (their buffers stay at the initial values).
-DEAD_QUANT_ACT_SUFFIXES = ("embeddings_act2", "LayerNorm.activation")
 
 #: Config fields copied from the float model.
 CONFIG_FIELDS = (
@@ -104,83 +74,6 @@ CONFIG_FIELDS = (
 
 class ConvertError(ValueError):
     """The source checkpoint cannot be converted (unsupported model type, option or layout)."""
-
-
-# ---------------------------------------------------------------------------------------
-def quant_act_names(num_layers: int) -> List[str]:
-    """Every QuantAct of an IBertModel (dead ones included), in module order."""
-    names = [f"embeddings.{a}" for a in EMBEDDING_QUANT_ACTS]
-    for i in range(num_layers):
-        names += [f"encoder.layer.{i}.{a}" for a in LAYER_QUANT_ACTS]
-    return names
-
-
-def is_dead_quant_act(name: str) -> bool:
-    """Whether transformers never calls this QuantAct (``embeddings_act2``, ``*.LayerNorm.activation``)."""
-    return name.endswith(DEAD_QUANT_ACT_SUFFIXES)
-
-
-def layernorm_names(num_layers: int) -> List[str]:
-    names = ["embeddings.LayerNorm"]
-    for i in range(num_layers):
-        names += [f"encoder.layer.{i}.{n}" for n in LAYER_LAYERNORMS]
-    return names
-
-
-def linear_names(num_layers: int) -> List[str]:
-    return [f"encoder.layer.{i}.{n}" for i in range(num_layers) for n in LAYER_LINEARS]
-
-
-def float_parameter_keys(config: dict) -> List[str]:
-    """The float tensors an IBertModel needs (pooler excluded), without prefix."""
-    keys = [f"embeddings.{t}.weight" for t in EMBEDDING_TABLES]
-    keys += ["embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"]
-    for name in linear_names(config["num_hidden_layers"]):
-        keys += [name + ".weight", name + ".bias"]
-    for i in range(config["num_hidden_layers"]):
-        for ln in LAYER_LAYERNORMS:
-            keys += [f"encoder.layer.{i}.{ln}.weight", f"encoder.layer.{i}.{ln}.bias"]
-    return keys
-
-
-def uncalibrated_quant_buffers(config: dict) -> Dict[str, np.ndarray]:
-    """Every quantization buffer of an IBertModel at transformers' initial values (no prefix).
-
-    QuantAct: ``x_min=-1e-5``, ``x_max=+1e-5``, ``act_scaling_factor=0``; IntLayerNorm
-    ``shift=0``; QuantLinear ``weight_integer``/``fc_scaling_factor``/``bias_integer`` and
-    QuantEmbedding ``weight_integer``/``weight_scaling_factor`` zeros of the right shapes.
-    """
-    h, inter, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    rows = {
-        "word_embeddings": config["vocab_size"],
-        "token_type_embeddings": config.get("type_vocab_size", 1),
-        "position_embeddings": config["max_position_embeddings"],
-    }
-    out: Dict[str, np.ndarray] = {}
-    for table in EMBEDDING_TABLES:
-        out[f"embeddings.{table}.weight_scaling_factor"] = np.zeros(1, F32)
-        out[f"embeddings.{table}.weight_integer"] = np.zeros((rows[table], h), F32)
-    for name in quant_act_names(n):
-        out[name + ".x_min"] = UNCALIBRATED_MIN_F32.copy()
-        out[name + ".x_max"] = UNCALIBRATED_MAX_F32.copy()
-        out[name + ".act_scaling_factor"] = np.zeros(1, F32)
-    for name in layernorm_names(n):
-        out[name + ".shift"] = np.zeros(1, F32)
-    shapes = {
-        "attention.self.query": (h, h),
-        "attention.self.key": (h, h),
-        "attention.self.value": (h, h),
-        "attention.output.dense": (h, h),
-        "intermediate.dense": (inter, h),
-        "output.dense": (h, inter),
-    }
-    for i in range(n):
-        for lin, (o, k) in shapes.items():
-            p = f"encoder.layer.{i}.{lin}"
-            out[p + ".weight_integer"] = np.zeros((o, k), F32)
-            out[p + ".fc_scaling_factor"] = np.zeros(o, F32)
-            out[p + ".bias_integer"] = np.zeros(o, F32)
-    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,36 +180,6 @@ def convert_tensors(checkpoint: Checkpoint) -> Conversion:
 
 
 # ---------------------------------------------------------------------------------------
-def write_checkpoint(folder, config: dict, tensors: Dict[str, np.ndarray], tokenizer_from=None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (metadata ``format=pt``, as transformers
-    writes it) and copy the tokenizer files of ``tokenizer_from`` (a folder) when given."""
-    from safetensors.numpy import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "config.json", "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
-    contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    save_file(contiguous, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    if tokenizer_from is not None:
-        copy_tokenizer_files(tokenizer_from, folder)
-    return folder
-
-
-def copy_tokenizer_files(src_folder, dst_folder) -> List[str]:
-    """Copy the tokenizer files present in ``src_folder``; returns the names copied."""
-    copied = []
-    src_folder, dst_folder = Path(src_folder), Path(dst_folder)
-    if src_folder.resolve() == dst_folder.resolve():
-        return copied
-    for name in TOKENIZER_FILES:
-        if (src_folder / name).is_file():
-            shutil.copyfile(src_folder / name, dst_folder / name)
-            copied.append(name)
-    return copied
-
-
 def convert_checkpoint(
     source,
     out,

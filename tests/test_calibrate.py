@@ -10,12 +10,12 @@ from ibert_ref.calibrate import (
     CalibrationError,
     Calibrator,
     RangeTracker,
-    _new_shift_exact,
     calibrate_checkpoint,
     layernorm_train_shift,
     make_batches,
     read_texts,
 )
+from ibert_ref.calibration.ranges import _new_shift_exact
 from ibert_ref.cli import main
 from ibert_ref.data import default_model_path
 from ibert_ref.datapath import make_datapath
