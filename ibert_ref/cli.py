@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage error (2) or --help / --version (0): returned, like every other status
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     except BrokenPipeError:  # --help | head
         _silence_stdout()
         return EXIT_BROKEN_PIPE

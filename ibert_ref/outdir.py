@@ -14,8 +14,8 @@ renames it into place::
   whole (no stale file of the earlier run survives). The old folder is renamed aside first and
   removed only after the new one is in place; between the two renames (microseconds) the path
   does not exist. If the second rename fails, the old folder is renamed back.
-* ``--out`` equal to or inside an input folder, or an input folder inside ``--out``, is refused
-  (writing would replace or mix with the input).
+* ``--out`` equal to or inside an input folder, or an input folder or file inside ``--out``, is
+  refused (writing would replace or mix with the input).
 * The files and folders written get the process umask (``safetensors`` creates files 0600, a
   temporary folder is 0700): files ``0o666 & ~umask`` (``0o777`` if a file was executable),
   folders ``0o777 & ~umask``.
@@ -62,8 +62,11 @@ def check_output_dir(out, *, overwrite: bool = False, inputs: Iterable = (), lab
         if not os.path.exists(item):  # a Hub id, not a local folder
             continue
         src = _real(item)
-        if src.is_file():
-            src = src.parent
+        if src.is_file():  # an input file (e.g. --input-ids): only --out around it would remove it
+            if _inside(src, real):
+                raise OutputDirError(f"{label} {text!r} contains the input file {os.fspath(item)!r}; "
+                                     "write to another folder")
+            continue
         if _inside(real, src):
             what = "is" if real == src else "is inside"
             raise OutputDirError(f"{label} {text!r} {what} the input folder {os.fspath(item)!r}; "

@@ -148,9 +148,10 @@ def test_output_paths_that_cannot_be_written_are_refused_before_anything_runs(tm
     for out, fragment in cases:
         with pytest.raises(OutputDirError, match=fragment):
             check_output_dir(out, inputs=[src], overwrite=True)
-    # the input given as a file inside its folder counts as the folder; a Hub id is no folder
-    with pytest.raises(OutputDirError, match="is the input folder"):
-        check_output_dir(src, inputs=[src / "config.json"])
+    # an input file: only an --out around it is refused (beside it is fine); a Hub id is no folder
+    with pytest.raises(OutputDirError, match="contains the input file"):
+        check_output_dir(src, inputs=[src / "config.json"], overwrite=True)
+    assert check_output_dir(src / "out", inputs=[src / "config.json"]) == (src / "out").resolve()
     assert check_output_dir(tmp_path / "new", inputs=["org/some-hub-model"]) == (tmp_path / "new").resolve()
 
 
