@@ -48,7 +48,8 @@ module ibert_iexp16 #(
     wire [31:0] rem0 = (rem1 >= den)        ? rem1 - den        : rem1;
     wire [4:0]  z_q = {num >= (den << 4), rem4 >= (den << 3), rem3 >= (den << 2), rem2 >= (den << 1), rem1 >= den};
     wire signed [63:0] r = -$signed({32'd0, rem0});      // xc - x0_int * z_q
-    wire signed [63:0] poly = (r + b_int) * r + c_int;
+    wire signed [63:0] b64 = $signed({{32{b_int[31]}}, b_int});
+    wire signed [63:0] poly = (r + b64) * r + c_int;
     wire signed [63:0] poly_pos = poly[63] ? 64'sd0 : poly;
     wire        [6:0]  shift = e - 7'd30 + {2'd0, z_q};
     wire signed [96:0] y;

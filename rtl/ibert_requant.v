@@ -60,9 +60,13 @@ module ibert_requantizer #(
     wire signed [96:0] y_main, y_id;
     ibert_dyadic_round #(.ROUND_HALF_UP(ROUND_HALF_UP)) main_branch (.z(z), .m(m), .e(e), .y(y_main));
     ibert_dyadic_round #(.ROUND_HALF_UP(ROUND_HALF_UP)) id_branch (.z(z_id), .m(m_id), .e(e_id), .y(y_id));
-    wire signed [97:0] sum = y_main + (has_id ? y_id : 97'sd0);
+    wire signed [97:0] main98 = $signed({y_main[96], y_main});
+    wire signed [97:0] id98 = has_id ? $signed({y_id[96], y_id}) : 98'sd0;
+    wire signed [97:0] sum = main98 + id98;
     wire signed [97:0] hi = (98'sd1 <<< (out_bits - 6'd1)) - 98'sd1;   //  2^(B-1) - 1
     wire signed [97:0] lo = -(98'sd1 <<< (out_bits - 6'd1));           // -2^(B-1)
-    wire signed [97:0] sat = (sum > hi) ? hi : ((sum < lo) ? lo : sum);
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire signed [97:0] sat = (sum > hi) ? hi : ((sum < lo) ? lo : sum);   // fits B <= 32 bits
+    /* verilator lint_on UNUSEDSIGNAL */
     assign q = sat[31:0];
 endmodule

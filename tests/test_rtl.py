@@ -102,3 +102,18 @@ def test_cli_flow_prints_pass_per_op(vectors, build, capsys):
     assert rtl_tb.main([str(vectors), "--build", str(build_dir), "--layers", "0"]) == 0
     out = capsys.readouterr().out
     assert "PASS encoder.layer.0.attention.self.softmax.act" in out and "12 of 12 ops PASS" in out
+
+
+@pytest.mark.parametrize("top, sources", [("ibert_requantizer", ["ibert_requant.v"]),
+                                          ("ibert_iexp16", ["ibert_requant.v", "ibert_iexp.v"])])
+def test_rtl_is_lint_clean_under_verilator(top, sources):
+    """``verilator --lint-only -Wall``: no width, unused or latch warning in the synthesizable RTL
+    (Verilator is optional: .ci/run installs only iverilog)."""
+    verilator = shutil.which("verilator")
+    if verilator is None:
+        pytest.skip("optional tool absent: verilator (lint only)")
+    import subprocess
+
+    done = subprocess.run([verilator, "--lint-only", "-Wall", "-Wno-DECLFILENAME", "--top-module", top,
+                           *[str(rtl_tb.RTL_DIR / s) for s in sources]], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

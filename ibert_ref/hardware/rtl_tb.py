@@ -58,9 +58,11 @@ def find_tool(name: str) -> Optional[str]:
     return shutil.which(name)
 
 
-def compile_testbenches(build: Path, rtl_dir: Path = RTL_DIR, round_half_up: bool = False) -> dict:
+def compile_testbenches(build: Path, rtl_dir: Path = RTL_DIR, round_half_up: bool = False,
+                        max_elements: Optional[int] = None) -> dict:
     """``iverilog -g2005`` each testbench with the RTL; returns ``{op kind: .vvp path}``.
-    ``round_half_up`` defines ``IBERT_ROUND_HALF_UP`` (the shortcut requantizer)."""
+    ``round_half_up`` defines ``IBERT_ROUND_HALF_UP`` (the shortcut requantizer);
+    ``max_elements`` sizes the testbenches' memories (``-P tb.MAXN``; default: theirs)."""
     iverilog = find_tool("iverilog")
     if iverilog is None:
         raise FileNotFoundError("iverilog not found (Debian package iverilog)")
@@ -71,6 +73,9 @@ def compile_testbenches(build: Path, rtl_dir: Path = RTL_DIR, round_half_up: boo
         cmd = [iverilog, "-g2005", "-Wall", "-o", str(vvp)]
         if round_half_up:
             cmd.append("-DIBERT_ROUND_HALF_UP")
+        if max_elements is not None:
+            cmd += [f"-P{tb}.MAXN={int(max_elements)}", f"-P{tb}.MAXC={max(int(max_elements), 8)}" if kind == "requantize"
+                    else f"-P{tb}.MAXR={max(int(max_elements), 8)}"]
         cmd += [str(rtl_dir / f) for f in RTL_SOURCES] + [str(rtl_dir / f"{tb}.v")]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -144,7 +149,9 @@ def run_vectors(folder, build, *, layers=None, round_half_up: bool = False, rtl_
     folder, build = Path(folder), Path(build)
     with open(folder / MANIFEST_NAME, encoding="utf-8") as f:
         manifest = json.load(f)
-    vvps = vvps or compile_testbenches(build, rtl_dir, round_half_up)
+    if vvps is None:
+        largest = max([int(np.prod(e["shape"])) for e in manifest["inputs"] + manifest["ops"]] + [8])
+        vvps = compile_testbenches(build, rtl_dir, round_half_up, max_elements=1 << (largest - 1).bit_length())
     vvp_tool = find_tool("vvp")
     if vvp_tool is None:
         raise FileNotFoundError("vvp not found (Debian package iverilog)")
