@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in command_names():
         importlib.import_module(f"ibert_ref.commands.{name}").add_parser(sub)
+    from .commands._args import HelpFormatter
+
+    for subparser in sub.choices.values():  # every command shows each default once (issue 12)
+        if subparser.formatter_class is argparse.ArgumentDefaultsHelpFormatter:
+            subparser.formatter_class = HelpFormatter
     return parser
 
 
