@@ -102,6 +102,12 @@ CASES = [
     (["bench", "--model", "empty-dir"], ["no config.json"]),
     (["bench", "--repeats", "0"], ["argument --repeats"]),
     (["run", "hi", "--model", "nowhere/at/all"], ["does not exist"]),
+    (["verify", "--text", "hi", "--json", "full"], ["--json 'full' is a folder"]),
+    (["verify", "--text", "hi", "--json", "a-file/report.json"], ["--json 'a-file/report.json'", "not an existing folder"]),
+    (["verify", "--input-ids", "floats.json"], ["--input-ids floats.json", "input_ids[0][1] is 31.9"]),
+    (["verify", "--input-ids", "missing.json"], ["--input-ids missing.json", "no such file"]),
+    (["verify", "--text", "hi", "--input-ids", "floats.json"], ["not allowed with argument"]),
+    (["vectors", "--input-ids", "floats.json", "--out", "o"], ["--input-ids floats.json", "must be integers"]),
 ]
 
 
@@ -113,6 +119,8 @@ def files(in_tmp):
     (in_tmp / "full").mkdir()
     (in_tmp / "full" / "old.hex").write_text("00\n")
     (in_tmp / "empty-dir").mkdir()
+    (in_tmp / "floats.json").write_text(json.dumps({"input_ids": [[0, 31.9, 414.7, 2]],
+                                                    "attention_mask": [[1, 0.7, 1.9]]}))
     return in_tmp
 
 

@@ -80,7 +80,7 @@ def check_output_file(path, option: str) -> None:
         raise OutputDirError(f"{option} {path!r} is a folder; give a file name")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise OutputDirError(f"{option} {path!r}: the folder {parent!r} does not exist")
+        raise OutputDirError(f"{option} {path!r}: {parent!r} is not an existing folder")
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -105,17 +105,16 @@ def write_text_atomic(path, text: str) -> None:
 def run_verify(args) -> int:
     from ..loading import resolve_file
 
-    try:
-        from ..oracle.verify import verify
-    except ImportError as exc:  # torch / transformers missing
-        raise ImportError(f"verify needs the verify extra (pip install 'ibert-ref[verify]'): {exc}") from exc
-
-    if args.json:
+    if args.json:  # the arguments first, so a bad one fails at once, before torch is imported
         check_output_file(args.json, "--json")
     folder = model_source(args)
     config_path = resolve_file(folder, "config.json", **hub_kwargs(args))
     folder = os.path.dirname(config_path)
     ids, mask = read_inputs(args, folder)
+    try:
+        from ..oracle.verify import verify
+    except ImportError as exc:  # torch / transformers missing
+        raise ImportError(f"verify needs the verify extra (pip install 'ibert-ref[verify]'): {exc}") from exc
     modes = ("replay", "e2e")
     report = verify(folder, input_ids=ids, attention_mask=mask, datapath=args.datapath,
                     gemm=args.gemm if args.datapath == "transformers" else "numpy", modes=modes)
