@@ -12,7 +12,8 @@
 //
 // Step 2 is a 5-step restoring division of |xc| by |x0_int| (the quotient is at most 30);
 // step 4 folds exp_int = poly * 2^(30 - z_q) (up to ~70 bits) into the rounding shift, so
-// exp_int is never formed. Requires e >= 30 (I-BERT's e is about 67) and |x0_int| < 2^26.
+// exp_int is never formed. Requires 30 <= e <= 225 (I-BERT's e is about 67) and
+// |x0_int| < 2^26.
 // ROUND_HALF_UP / `IBERT_ROUND_HALF_UP as in ibert_requant.v.
 
 `timescale 1ns / 1ps
@@ -34,7 +35,7 @@ module ibert_iexp16 #(
     input  wire signed [31:0] b_int,
     input  wire signed [63:0] c_int,
     input  wire signed [32:0] m,
-    input  wire        [6:0]  e,
+    input  wire        [7:0]  e,
     output wire        [15:0] e16
 );
     wire signed [31:0] xc = (x < x0_30) ? x0_30 : x;
@@ -51,7 +52,7 @@ module ibert_iexp16 #(
     wire signed [63:0] b64 = $signed({{32{b_int[31]}}, b_int});
     wire signed [63:0] poly = (r + b64) * r + c_int;
     wire signed [63:0] poly_pos = poly[63] ? 64'sd0 : poly;
-    wire        [6:0]  shift = e - 7'd30 + {2'd0, z_q};
+    wire        [7:0]  shift = e - 8'd30 + {3'd0, z_q};
     wire signed [96:0] y;
     ibert_dyadic_round #(.ROUND_HALF_UP(ROUND_HALF_UP)) requant (.z(poly_pos), .m(m), .e(shift), .y(y));
     assign e16 = (y > 97'sd32767) ? 16'd32767 : y[15:0];

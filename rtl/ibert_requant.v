@@ -6,7 +6,9 @@
 //
 // Widths: z, z_id signed 64 (I-BERT's widest requantization input is IntGELU's ~40-bit
 // product); m, m_id signed 33 (I-BERT's 31-bit mantissa: 2^30 <= |m| <= 2^31, and 2^31 needs a
-// 33rd bit when signed); e, e_id unsigned 7 (0 <= e <= 95); the product is exact in 97 bits.
+// 33rd bit when signed); e, e_id unsigned 8 (0..255); the product is exact in 97 bits
+// (|z*m| <= 2^94), so every e >= 96 rounds to 0 and e is clamped to 96 (real checkpoints have
+// channels with e up to ~160, where LayerNorm's gamma is nearly 0).
 // out_bits B in 2..32 (I-BERT uses 8, 16 and 22); q is sign-extended to 32 bits.
 //
 // `define IBERT_ROUND_HALF_UP (or parameter ROUND_HALF_UP = 1) selects the common shortcut
@@ -28,19 +30,20 @@ module ibert_dyadic_round #(
 ) (
     input  wire signed [63:0] z,
     input  wire signed [32:0] m,
-    input  wire        [6:0]  e,
+    input  wire        [7:0]  e,
     output wire signed [96:0] y
 );
-    wire signed [96:0] p = z * m;                       // exact: |z*m| < 2^95
+    wire signed [96:0] p = z * m;                       // exact: |z*m| <= 2^94
+    wire        [6:0]  s = (e > 8'd96) ? 7'd96 : e[6:0];  // e >= 96 gives 0 either way
     wire        [96:0] one = 97'd1;
-    wire        [96:0] half = (e == 7'd0) ? 97'd0 : (one << (e - 7'd1));
-    wire        [96:0] mask = (e == 7'd0) ? 97'd0 : ((one << e) - one);
-    wire signed [96:0] q = p >>> e;                     // floor(p / 2^e)
-    wire        [96:0] r = p & mask;                    // p - q * 2^e, in [0, 2^e)
+    wire        [96:0] half = (s == 7'd0) ? 97'd0 : (one << (s - 7'd1));
+    wire        [96:0] mask = (s == 7'd0) ? 97'd0 : ((one << s) - one);
+    wire signed [96:0] q = p >>> s;                     // floor(p / 2^s)
+    wire        [96:0] r = p & mask;                    // p - q * 2^s, in [0, 2^s)
     // round half to even: up when r > 1/2, or r = 1/2 and q is odd
-    wire rne_up = (r > half) || ((r == half) && (e != 7'd0) && q[0]);
+    wire rne_up = (r > half) || ((r == half) && (s != 7'd0) && q[0]);
     wire signed [96:0] y_rne = q + {96'd0, rne_up};
-    wire signed [96:0] y_rhu = (p + $signed(half)) >>> e; // the shortcut: ties toward +inf
+    wire signed [96:0] y_rhu = (p + $signed(half)) >>> s; // the shortcut: ties toward +inf
     assign y = ROUND_HALF_UP ? y_rhu : y_rne;
 endmodule
 
@@ -49,11 +52,11 @@ module ibert_requantizer #(
 ) (
     input  wire signed [63:0] z,
     input  wire signed [32:0] m,
-    input  wire        [6:0]  e,
+    input  wire        [7:0]  e,
     input  wire               has_id,     // residual (identity) branch present
     input  wire signed [63:0] z_id,
     input  wire signed [32:0] m_id,
-    input  wire        [6:0]  e_id,
+    input  wire        [7:0]  e_id,
     input  wire        [5:0]  out_bits,   // saturation width B, 2..32
     output wire signed [31:0] q
 );

@@ -22,7 +22,7 @@ module tb_iexp;
     reg signed [31:0] x, x0_int, x0_30, b_int;
     reg signed [63:0] c_int;
     reg signed [32:0] m;
-    reg [6:0] e;
+    reg [7:0] e;
     wire [15:0] e16;
 
     ibert_iexp16 dut (.x(x), .x0_int(x0_int), .x0_30(x0_30), .b_int(b_int), .c_int(c_int), .m(m), .e(e), .e16(e16));

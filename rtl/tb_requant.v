@@ -26,7 +26,7 @@ module tb_requant;
 
     reg signed [63:0] z, z_id, expected;
     reg signed [32:0] m, m_id;
-    reg [6:0] e, e_id;
+    reg [7:0] e, e_id;
     wire signed [31:0] q;
 
     ibert_requantizer dut (.z(z), .m(m), .e(e), .has_id(has_id[0]), .z_id(z_id), .m_id(m_id), .e_id(e_id),
@@ -86,11 +86,11 @@ module tb_requant;
         for (i = 0; i < n; i = i + 1) begin
             z = sext(in_mem[i], in_bits);
             m = m_mem[i % c][32:0];
-            e = e_mem[i % c][6:0];
+            e = e_mem[i % c];
             if (has_id) begin
                 z_id = sext(id_mem[i], id_bits);
                 m_id = mid_mem[i % cid][32:0];
-                e_id = eid_mem[i % cid][6:0];
+                e_id = eid_mem[i % cid];
             end else begin
                 z_id = 0; m_id = 0; e_id = 0;
             end

@@ -97,6 +97,16 @@ def test_round_half_up_shortcut_fails_on_ties(vectors, build, tmp_path):
     assert n_bad > 1000 and n_bad < golden.size
 
 
+def test_requantizer_at_the_edges_of_its_ranges(build, tmp_path):
+    """62-bit inputs, |m| = 2^31 of both signs, e from 0 to 255 (>= 96 rounds to 0; real
+    checkpoints have channels with e ~ 160), 22-bit saturation: 5,632 elements."""
+    folder = tmp_path / "extreme"
+    manifest = rtl_tb.write_extreme_vectors(folder)
+    assert max(manifest["ops"][0]["params"]["dy"]["e"]) == 255
+    (result,) = _run(folder, build)
+    assert result.passed, result.summary + " " + result.first_mismatch
+
+
 def test_cli_flow_prints_pass_per_op(vectors, build, capsys):
     build_dir = Path(build[0]) / "cli"
     assert rtl_tb.main([str(vectors), "--build", str(build_dir), "--layers", "0"]) == 0

@@ -92,13 +92,13 @@ def _multiplier_files(build: Path, op_name: str, tag: str, dy: dict) -> tuple:
     """Write ``dy``'s per-channel m (33-bit) and e (8-bit) as $readmemh files; (m, e, channels)."""
     m = np.asarray(dy["m"], dtype=np.int64).reshape(-1)
     e = np.asarray(dy["e"], dtype=np.int64).reshape(-1)
-    if np.any(e < 0) or np.any(e > 95):
-        raise ValueError(f"{op_name}: shift e outside 0..95 (the RTL's range)")
+    if np.any(e < 0) or np.any(e > 255):
+        raise ValueError(f"{op_name}: shift e outside 0..255 (the RTL's 8-bit port)")
     folder = build / "params"
     folder.mkdir(parents=True, exist_ok=True)
     m_path, e_path = folder / f"{op_name}.{tag}m.hex", folder / f"{op_name}.{tag}e.hex"
     write_hex(m_path, m, M_BITS, f"{op_name} m")
-    write_hex(e_path, e, E_BITS, f"{op_name} e")
+    write_hex(e_path, np.where(e >= 128, e - 256, e), E_BITS, f"{op_name} e")  # unsigned 8 bits, same pattern
     return m_path, e_path, len(m)
 
 
@@ -170,20 +170,58 @@ def run_vectors(folder, build, *, layers=None, round_half_up: bool = False, rtl_
 
 
 # ---------------------------------------------------------------------------------------
-def write_tie_vectors(out, n: int = 4096, seed: int = 0) -> dict:
-    """A crafted vectors folder (manifest + hex, the format of ``ibert-ref vectors``) with one
-    ``requantize`` op whose inputs hit exact ties. ``m = 3 * 2^29``, ``e = 31`` (the multiplier
-    0.75): ``z * 0.75`` is ``k + 1/2`` exactly when ``z = 2 mod 4``; half of the n int16 inputs
-    are such (both signs, small enough not to saturate), the rest random; a 16-bit residual
-    branch with ``m = 2^30, e = 31`` (0.5: odd inputs tie; zero for the first quarter) is added,
-    and the sum saturated to 8 bits. The golden output is
-    :func:`ibert_ref.kernels.requantize` on the exact datapath."""
+def write_requant_vectors(out, name: str, z, z_bits: int, dy, out_bits: int, *, z_id=None, id_bits: int = 0,
+                          dy_id=None, note: str = "") -> dict:
+    """A crafted vectors folder (manifest + hex + npz, the format of ``ibert-ref vectors``) with
+    one ``requantize`` op: input ``z`` (``[..., C]``, ``z_bits`` wide), per-channel ``dy`` (a
+    :class:`~ibert_ref.quant.Dyadic` over the last axis), optional residual branch, ``out_bits``
+    saturation. The golden output is :func:`ibert_ref.kernels.requantize` on the exact datapath."""
     from .. import kernels as K
     from ..datapath import make_datapath
-    from ..quant import F32, Dyadic
+    from ..quant import F32
 
     out = Path(out)
     (out / "hex").mkdir(parents=True, exist_ok=True)
+    exact = make_datapath("exact")
+    one = np.ones(1, dtype=F32)
+    z = np.asarray(z, dtype=np.int64)
+    params = K.RequantParams(bits=out_bits, out_scale=one, dy=dy, dy_identity=dy_id)
+    identity = None if z_id is None else exact.emit(np.asarray(z_id, dtype=np.int64), one)
+    golden = exact.integers(K.requantize(exact, exact.emit(z, one), params, identity=identity))
+    arrays = {"z": z, name: golden}
+    inputs = [{"name": "z", "shape": list(z.shape), "bits": z_bits, "hex": "hex/z.hex", "npz_key": "z"}]
+    write_hex(out / "hex/z.hex", z, z_bits)
+    if z_id is not None:
+        arrays["z_id"] = np.asarray(z_id, dtype=np.int64)
+        inputs.append({"name": "z_id", "shape": list(z.shape), "bits": id_bits, "hex": "hex/z_id.hex", "npz_key": "z_id"})
+        write_hex(out / "hex/z_id.hex", z_id, id_bits)
+    write_hex(out / f"hex/{name}.hex", golden, out_bits)
+    np.savez(out / "vectors.npz", **arrays)
+
+    def dyd(d):
+        return None if d is None else {"m": np.asarray(d.m).tolist(), "e": np.asarray(d.e).tolist(),
+                                       "value": [float(v) for v in np.asarray(d.value).reshape(-1)]}
+
+    manifest = {
+        "format": "ibert-ref golden vectors", "format_version": 1, "datapath": "exact",
+        "note": note or "crafted by ibert_ref.hardware.rtl_tb", "npz": "vectors.npz", "inputs": inputs,
+        "ops": [{"name": name, "index": 0, "kind": "QuantAct", "op": "requantize", "inputs": [i["name"] for i in inputs],
+                 "shape": list(z.shape), "bits": out_bits, "hex": f"hex/{name}.hex", "npz_key": name,
+                 "params": {"bits": out_bits, "dy": dyd(dy), "dy_identity": dyd(dy_id)}}],
+    }
+    with open(out / MANIFEST_NAME, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def write_tie_vectors(out, n: int = 4096, seed: int = 0) -> dict:
+    """Crafted vectors (:func:`write_requant_vectors`) whose requantization inputs hit exact
+    ties. ``m = 3 * 2^29``, ``e = 31`` (the multiplier 0.75): ``z * 0.75`` is ``k + 1/2``
+    exactly when ``z = 2 mod 4``; half of the n int16 inputs are such (both signs, small enough
+    not to saturate), the rest random; a 16-bit residual branch with ``m = 2^30, e = 31`` (0.5:
+    odd inputs tie; zero for the first quarter) is added, and the sum saturated to 8 bits."""
+    from ..quant import Dyadic
+
     rng = np.random.default_rng(seed)
     z = rng.integers(-(1 << 15), 1 << 15, n)
     z[: n // 2] = 4 * rng.integers(-40, 40, n // 2) + 2  # 0.75 z = k + 1/2, |.| < 128
@@ -191,31 +229,25 @@ def write_tie_vectors(out, n: int = 4096, seed: int = 0) -> dict:
     z_id[: n // 2] = 2 * rng.integers(-30, 30, n // 2) + 1  # 0.5 z_id = k + 1/2
     z_id[: n // 4] = 0  # a quarter: the main branch alone
     dy, dy_id = Dyadic(m=np.array([3 << 29]), e=np.array([31])), Dyadic(m=np.array([1 << 30]), e=np.array([31]))
-    exact = make_datapath("exact")
-    one = np.ones(1, dtype=F32)
-    params = K.RequantParams(bits=8, out_scale=one, dy=dy, dy_identity=dy_id)
-    golden = exact.integers(K.requantize(exact, exact.emit(z, one), params, identity=exact.emit(z_id, one)))
-    write_hex(out / "hex/z.hex", z, 16)
-    write_hex(out / "hex/z_id.hex", z_id, 16)
-    write_hex(out / "hex/ties.requant.hex", golden, 8)
-    np.savez(out / "vectors.npz", z=z, z_id=z_id, **{"ties.requant": golden})
+    return write_requant_vectors(out, "ties.requant", z, 16, dy, 8, z_id=z_id, id_bits=16, dy_id=dy_id,
+                                 note="crafted by write_tie_vectors: requantization inputs at exact ties")
 
-    def dyd(d):
-        return {"m": d.m.tolist(), "e": d.e.tolist(), "value": [float(v) for v in d.value]}
 
-    manifest = {
-        "format": "ibert-ref golden vectors", "format_version": 1, "datapath": "exact",
-        "note": "crafted by ibert_ref.hardware.rtl_tb.write_tie_vectors: requantization inputs at exact ties",
-        "npz": "vectors.npz",
-        "inputs": [{"name": "z", "shape": [n], "bits": 16, "hex": "hex/z.hex", "npz_key": "z"},
-                   {"name": "z_id", "shape": [n], "bits": 16, "hex": "hex/z_id.hex", "npz_key": "z_id"}],
-        "ops": [{"name": "ties.requant", "index": 0, "kind": "QuantAct", "op": "requantize", "inputs": ["z", "z_id"],
-                 "shape": [n], "bits": 8, "hex": "hex/ties.requant.hex", "npz_key": "ties.requant",
-                 "params": {"bits": 8, "dy": dyd(dy), "dy_identity": dyd(dy_id)}}],
-    }
-    with open(out / MANIFEST_NAME, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-    return manifest
+def write_extreme_vectors(out, rows: int = 256, seed: int = 0) -> dict:
+    """Crafted vectors (:func:`write_requant_vectors`) at the edges of the RTL's ranges: 62-bit
+    inputs (the exact datapath's limit; extremes and random magnitudes), ``|m| = 2^31`` and
+    ``2^30`` of both signs, shifts ``e`` from 0 to 255 (one per channel; ``e >= 96`` must give
+    0), 22-bit saturation."""
+    from ..quant import Dyadic
+
+    rng = np.random.default_rng(seed)
+    e = np.array([0, 1, 2, 30, 31, 32, 52, 62, 63, 64, 90, 94, 95, 96, 97, 100, 127, 128, 159, 200, 254, 255])
+    m = np.resize(np.array([1 << 31, -(1 << 31), 1 << 30, -(1 << 30), (1 << 31) - 1, -(1 << 30) - 12345]), e.size)
+    widths = rng.integers(0, 62, (rows, e.size))
+    z = rng.integers(-(1 << 61), 1 << 61, (rows, e.size)) >> widths
+    z[:4] = [[(1 << 61) - 1], [-(1 << 61)], [1], [-1]]
+    return write_requant_vectors(out, "extreme.requant", z, 64, Dyadic(m=m, e=e), 22,
+                                 note="crafted by write_extreme_vectors: 62-bit inputs, |m| = 2^31, e = 0..255")
 
 
 def count_ties(folder, layers=None) -> dict:
