@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..datapath import available_datapaths
-from ._args import HelpFormatter, model_name, nonempty, profile_option  # noqa: F401  (re-exported)
+from ._args import model_name, nonempty, profile_option
 from ._inputs import hub_preflight
 
 

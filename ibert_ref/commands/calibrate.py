@@ -88,7 +88,6 @@ def print_result(result) -> None:
 
 
 def run_calibrate(args) -> int:
-    from ..calibrate import calibrate_checkpoint
     from ..outdir import check_output_dir, output_dir
     from ._inputs import read_text_lines
 
