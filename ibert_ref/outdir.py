@@ -84,6 +84,9 @@ def check_output_dir(out, *, overwrite: bool = False, inputs: Iterable = (), lab
         if entries and not overwrite:
             raise OutputDirError(f"{label} {text!r} is not empty ({len(entries)} entries); pass --overwrite "
                                  "to replace it whole, or choose a new folder")
+        if entries and _inside(_real(os.getcwd()), real):
+            raise OutputDirError(f"{label} {text!r} is (or contains) the current folder; --overwrite would "
+                                 "replace the folder you are working in: choose another folder")
     for parent in Path(text).parents:  # the nearest existing ancestor must be a folder
         if os.path.exists(parent):
             if not parent.is_dir():

@@ -155,6 +155,19 @@ def test_output_paths_that_cannot_be_written_are_refused_before_anything_runs(tm
     assert check_output_dir(tmp_path / "new", inputs=["org/some-hub-model"]) == (tmp_path / "new").resolve()
 
 
+def test_overwrite_never_replaces_the_current_folder(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work / "sub")
+    for out in (work, work / "sub", "..", "."):
+        if out == "." or out == work / "sub":
+            (work / "sub" / "x").write_text("x")  # non-empty
+        with pytest.raises(OutputDirError, match="current folder"):
+            check_output_dir(out, overwrite=True)
+    assert (work / "notes.txt").read_text() == "mine"
+
+
 def test_a_symlink_to_the_input_folder_is_the_input_folder(tmp_path):
     src = tmp_path / "model"
     src.mkdir()
