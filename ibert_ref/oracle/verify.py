@@ -732,7 +732,7 @@ class VerifyReport:
 #: The exact value of each hardware-profile parameter (switching one back to it undoes that
 #: one deviation; ``acc_bits=64`` holds every int8 GEMM exactly, so no wrap or saturation).
 EXACT_PARAMETERS = dict(acc_bits=64, k_step=None, requant="ibert", exp="fold", gelu="wide", ln_var="int64",
-                        sqrt="isqrt", probs="u9")
+                        sqrt="isqrt", probs="u9", madd="vpdpbusd")
 
 PROFILE_CAUSES = {
     "k_step": "saturating accumulation per k-chunk (saturation is order dependent): one chunk over all of K agrees",
@@ -743,6 +743,8 @@ PROFILE_CAUSES = {
     "ln_var": "the profile's LayerNorm variance register: the int64 sum agrees",
     "sqrt": "the profile's square root: the integer floor-sqrt agrees",
     "probs": "the profile's P V operand (u8 clamp of 256): the 9-bit probabilities agree",
+    "madd": "the x86 multiply-add (vpmaddubsw saturates int16 pairs of u8 x s8 products): vpdpbusd "
+    "(products summed in int32) agrees",
     "cascade": "the op computes what the exact datapath computes on its inputs; its inputs differ (upstream)",
     "input-representation": "the input is the profile's own representation of its producer's output "
     "(int32 IntGELU: x >> k, exponent 3k); the exact kernel on that input agrees",
