@@ -10,6 +10,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from .outdir import current_umask
+
 #: Tokenizer files copied next to a converted / calibrated checkpoint when present.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -19,13 +21,6 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
-
-
-def _process_file_mode() -> int:
-    """``0o666`` less the process umask: the mode an ordinary ``open(..., "w")`` file gets."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def write_checkpoint(folder, config: dict, tensors: Dict[str, np.ndarray], tokenizer_from=None) -> Path:
@@ -44,7 +39,7 @@ def write_checkpoint(folder, config: dict, tensors: Dict[str, np.ndarray], token
     contiguous = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     weights = folder / "model.safetensors"
     save_file(contiguous, str(weights), metadata={"format": "pt"})
-    os.chmod(weights, _process_file_mode())
+    os.chmod(weights, 0o666 & ~current_umask())
     with open(folder / "config.json", "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
