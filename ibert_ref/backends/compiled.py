@@ -107,28 +107,49 @@ class CompiledDatapath(ExactDatapath):
         return vec
 
     def _multiplier(self, dy, cols: int):
-        """``(m, e)`` int64 (cols,) vectors of a dyadic multiplier, or None where the reference
-        raises (``|m| > 2^31``, ``e < 0``) or the shape is not per tensor / per channel."""
+        """``(m, e, d, zlim, dmax)`` of a dyadic multiplier for
+        :func:`~ibert_ref.backends.compiled_kernels.dyadic_row`: ``m``/``e`` int64 (cols,)
+        vectors, ``d = m * 2^-e`` float64 (exact), ``zlim = floor((2^53 - 1) / max|m|)``
+        (-1 when some ``e > 1000``: float routes off), ``dmax = max|d|``. None where the
+        reference raises (``|m| > 2^31``, ``e < 0``) or the shape is not per tensor / per
+        channel; the reference's ValueError where it raises. Cached per multiplier."""
+        key = ("dy", id(dy.m), id(dy.e), cols)
+        hit = self._vectors.get(key)
+        if hit is not None and hit[0] is dy.m and hit[1] is dy.e:
+            return hit[2]
         m, e = self._vector(dy.m, cols), self._vector(dy.e, cols)
-        if m is None or e is None or np.abs(m).max() > (1 << 31) or e.min() < 0:
+        if m is None or e is None:
             return None
-        return m, e
+        if e.min() < 0:  # the reference's errors (intops.mul_shift_round)
+            raise ValueError("mul_shift_round needs e >= 0 (a multiplier below 2^31 * 2^-e)")
+        if np.abs(m).max() > (1 << 31):
+            raise ValueError("mul_shift_round needs |m| <= 2^31")
+        m_max = int(np.abs(m).max())
+        if int(e.max()) > 1000:
+            d, zlim, dmax = np.zeros(cols), -1, float("inf")
+        else:
+            d = np.ldexp(m.astype(np.float64), -e.astype(np.int32))
+            zlim = ((1 << 53) - 1) // m_max if m_max else 1 << 62
+            dmax = float(np.abs(d).max())
+        out = (m, e, d, zlim, dmax)
+        self._vectors[key] = (dy.m, dy.e, out)
+        return out
 
     # ---- compiled kernels (fn(dp, *kernel args) -> QTensor or None) -----------------------
     @staticmethod
     def _requantize(dp, x, p, identity=None):
         z = np.asarray(dp.round_recover(x))
-        if z.dtype not in _INTS or z.ndim == 0 or z.size == 0 or p.bits > 64 or p.bits < 2:
-            return None
+        if z.dtype not in _INTS or z.ndim == 0 or z.size == 0 or not 2 <= p.bits <= 32:
+            return None  # (wider outputs do not occur in I-BERT: the NumPy kernel runs)
         cols = z.shape[-1]
         mult = dp._multiplier(dp.requant_multiplier(p.dy, x), cols)
         if mult is None:
             return None
         lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
-        out = np.empty(z.shape, dtype=intops.smallest_int_dtype(lo, hi) if p.bits <= 32 else I64)
+        out = np.empty(z.shape, dtype=intops.smallest_int_dtype(lo, hi))
         out2 = out.reshape(-1, cols)
         if identity is None:
-            refused = ck.requantize_rows(_rows(z), mult[0], mult[1], lo, hi, out2)
+            refused = ck.requantize_rows(_rows(z), *mult, lo, hi, out2)
         else:
             z_id = np.asarray(dp.round_recover(identity))
             if z_id.shape != z.shape or z_id.dtype not in _INTS:
@@ -136,9 +157,8 @@ class CompiledDatapath(ExactDatapath):
             mult_id = dp._multiplier(dp.requant_multiplier(p.dy_identity, identity), cols)
             if mult_id is None:
                 return None
-            refused = ck.requantize_residual_rows(
-                _rows(z), mult[0], mult[1], _rows(z_id), mult_id[0], mult_id[1], lo, hi, out2
-            )
+            z_id = np.ascontiguousarray(z_id, dtype=I64).reshape(-1, cols)  # (small: a residual)
+            refused = ck.requantize_residual_rows(_rows(z), *mult, z_id, *mult_id, lo, hi, out2)
         return None if refused else dp.emit(out, p.out_scale)
 
     @staticmethod
@@ -148,10 +168,10 @@ class CompiledDatapath(ExactDatapath):
         if s.dtype not in _INTS or s.ndim == 0 or s.size == 0 or any(c is None for c in consts):
             return None
         x0_int, x0_30, b_int, c_int, m, e = consts
-        if x0_int == 0 or abs(m) > (1 << 31) or e < 0 or not 2 <= p.act_bits <= 64:
-            return None
+        if x0_int == 0 or abs(m) > (1 << 31) or e < 0 or not 2 <= p.act_bits <= 16:
+            return None  # (I-BERT's act is 16 bits; other widths take the NumPy kernel)
         lo, hi = -(1 << (p.act_bits - 1)), (1 << (p.act_bits - 1)) - 1
-        out = np.empty(s.shape, dtype=intops.smallest_int_dtype(lo, hi) if p.act_bits <= 32 else I64)
+        out = np.empty(s.shape, dtype=np.int16)
         refused = ck.int_exp_rows(_rows(s), x0_int, x0_30, b_int, c_int, m, e, lo, hi, out.reshape(-1, s.shape[-1]))
         return None if refused else dp.emit(out, p.act_scale)
 
@@ -164,7 +184,8 @@ class CompiledDatapath(ExactDatapath):
         if data.dtype not in _INTS or data.ndim == 0 or data.size == 0 or not 18 <= shift <= 62:
             return None
         out = np.empty(data.shape, dtype=np.int16)
-        refused = ck.softmax_normalize_rows(_rows(data), shift, out.reshape(-1, data.shape[-1]))
+        rows = np.ascontiguousarray(data, dtype=np.int16 if data.dtype == np.int16 else I64).reshape(-1, data.shape[-1])
+        refused = ck.softmax_normalize_rows(rows, shift, out.reshape(-1, data.shape[-1]))
         return None if refused else dp.emit(out, SOFTMAX_OUT_SCALE_F32)
 
     @staticmethod
@@ -214,8 +235,11 @@ class CompiledDatapath(ExactDatapath):
         acc = self.int_gemm.matmul_i8(np.ascontiguousarray(x).reshape(-1, k), w.T)
         acc = np.ascontiguousarray(acc)
         bound = k * (1 << 14) + int(np.abs(bias).max())
-        out = np.empty(acc.shape, dtype=np.int32 if bound < (1 << 31) else I64)
-        ck.add_bias_rows(acc, bias, out)
+        if acc.dtype == np.int32 and bound < (1 << 31):
+            out = np.empty(acc.shape, dtype=np.int32)
+            ck.add_bias_rows(acc, bias, out)
+        else:  # wider than int32 (not in I-BERT), or the BLAS GEMM's int64: NumPy, exact in int64
+            out = acc.astype(I64) + bias
         return out.reshape(x.shape[:-1] + (n,))
 
     def _heads_f32(self, a, num_heads):

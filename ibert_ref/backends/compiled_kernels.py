@@ -113,56 +113,174 @@ def isqrt_i64(n):
     return r
 
 
+@njit(cache=True, inline="always")
+def floor_div(a, b, inv_b):
+    """``floor(a / b)`` for int64 ``a`` and ``b != 0`` (``inv_b = fl(1 / b)``), as NumPy's
+    ``floor_divide``. For ``|a|, |b| < 2^50`` the float estimate ``floor(a * inv_b)`` (relative
+    error below 2^-51, so off by at most 1) is corrected exactly: with ``r = a - b q``, the
+    floor quotient is the ``q`` with ``0 <= r / b < 1`` (``b < r <= 0`` for ``b < 0``,
+    ``0 <= r < b`` for ``b > 0``). Otherwise integer ``//`` (floor in numba, as in NumPy)."""
+    lim = np.int64(1) << 50
+    if -lim < a < lim and -lim < b < lim:
+        q = np.int64(np.floor(np.float64(a) * inv_b))
+        r = a - b * q
+        if b < 0:
+            if r > 0:
+                q -= 1
+            elif r <= b:
+                q += 1
+        else:
+            if r < 0:
+                q -= 1
+            elif r >= b:
+                q += 1
+        return q
+    return a // b
+
+
+#: Integers up to 2^53 are exact in float64.
+F64_EXACT = np.int64(1 << 53)
+#: Rows per parallel chunk of the requantization kernels (each chunk owns its scratch rows).
+_CHUNKS = 16
+
+
+@njit(cache=True)
+def dyadic_route(z, i, zlim, dmax):
+    """Which exact route computes ``rne(z[i, j] * m[j] / 2^e[j])`` for row ``i`` (see
+    :func:`dyadic_row`): 0 float64 exact, 1 float64 with near-tie detection, 2 two-limb
+    integers, -1 refused (some ``|z| >= 2^62``: the reference raises). ``zlim`` and ``dmax``
+    as in :func:`dyadic_row`."""
+    cols = z.shape[1]
+    zmax = np.int64(0)
+    for j in range(cols):
+        v = np.int64(z[i, j])
+        a = v if v >= 0 else -v
+        if a > zmax:
+            zmax = a
+    if zmax >= SAT or zmax < 0:
+        return -1
+    if zmax <= zlim:
+        return 0
+    if zlim >= 0 and zmax <= F64_EXACT and np.float64(zmax) * dmax < 2.0**49:
+        return 1
+    return 2
+
+
+@njit(cache=True)
+def dyadic_row(z, i, m, e, d, zlim, dmax, tmp):
+    """``tmp[j] = msr_rne(z[i, j], m[j], e[j])`` for every ``j`` of row ``i`` (the exact
+    ``rne(z * m / 2^e)``, :func:`msr_rne`), by the cheapest route that is exact for this row
+    (:func:`dyadic_route`). Returns 1 (row refused: some ``|z| >= 2^62``) or 0.
+
+    ``d[j] = m[j] * 2^-e[j]`` (float64, exact: ``|m| <= 2^31``, ``e <= 1000``),
+    ``zlim = floor((2^53 - 1) / max|m|)`` (``-1`` disables the float routes),
+    ``dmax = max |d|``; ``Z = max_j |z[i, j]|``:
+
+    * route 0, ``Z <= zlim``: ``|z * m| < 2^53``, so ``z * d`` is exact in float64 (its
+      significand is ``z * m``) and ``rint`` (round half to even) gives the exact result.
+    * route 1, ``Z <= 2^53`` and ``B = Z * dmax < 2^49``: ``y = fl(z * d)`` is within
+      ``2^-53 |v|`` of ``v = z * m / 2^e``; ``rint(y)`` can differ from ``rne(v)`` only if
+      ``|y - rint(y)| >= 1/2 - eps`` with ``eps = B * 2^-51`` (a half-integer within ``eps`` of
+      ``y``; ``y - rint(y)`` is exact). If no element of the row is that close (checked with
+      the margin ``B * 2^-50``), the float results stand; otherwise route 2 recomputes the row.
+    * route 2: every element with :func:`msr_rne` (93-bit products in two limbs).
+    """
+    cols = z.shape[1]
+    route = dyadic_route(z, i, zlim, dmax)
+    if route < 0:
+        return 1
+    if route == 0:
+        for j in range(cols):
+            tmp[j] = np.int64(np.rint(np.float64(z[i, j]) * d[j]))
+        return 0
+    if route == 1:
+        thr = 0.5 - np.float64(zlim_bound(z, i)) * dmax * 2.0**-50
+        near = 0
+        for j in range(cols):
+            y = np.float64(z[i, j]) * d[j]
+            r = np.rint(y)
+            near += abs(y - r) >= thr
+            tmp[j] = np.int64(r)
+        if near == 0:
+            return 0
+    for j in range(cols):
+        tmp[j] = msr_rne(np.int64(z[i, j]), m[j], e[j])
+    return 0
+
+
+@njit(cache=True)
+def zlim_bound(z, i):
+    """``max_j |z[i, j]|`` (int64; the caller has ruled out ``|z| >= 2^62``)."""
+    zmax = np.int64(0)
+    for j in range(z.shape[1]):
+        v = np.int64(z[i, j])
+        a = v if v >= 0 else -v
+        if a > zmax:
+            zmax = a
+    return zmax
+
+
 @njit(parallel=True, cache=True)
-def requantize_rows(z, m, e, lo, hi, out):
+def requantize_rows(z, m, e, d, zlim, dmax, lo, hi, out):
     """QuantAct / FixedPointMul: ``out = clamp(rne(z * m / 2^e), lo, hi)``.
 
     ``z`` (rows, C) int32 or int64, ``m``/``e`` int64 (C,) (per channel; ``|m| <= 2^31``,
-    ``e >= 0``), rounding half to even on the exact rational (:func:`msr_rne`: up to 93-bit
-    products), ``lo``/``hi`` the ``bits``-wide signed range, ``out`` (rows, C) of the narrowest
-    integer type holding it. Returns the number of refused elements (``|z| >= 2^62``, where the
-    reference raises OverflowError; their ``out`` is left unspecified).
+    ``0 <= e``), with ``d``/``zlim``/``dmax`` as in :func:`dyadic_row`; rounding half to even on
+    the exact rational (up to 93-bit products), ``lo``/``hi`` the ``bits``-wide signed range,
+    ``out`` (rows, C) of the narrowest integer type holding it. Route 0 rows (the usual case)
+    are rounded and clamped in float64 in one pass (the clamp bounds are integers, exact).
+    Returns the number of refused rows (``|z| >= 2^62``, where the reference raises
+    OverflowError; their ``out`` unspecified).
     """
     rows, cols = z.shape
+    step = max(1, -(-rows // _CHUNKS))
+    lo_f, hi_f = np.float64(lo), np.float64(hi)
     refused = 0
-    for i in prange(rows):
-        for j in range(cols):
-            zv = np.int64(z[i, j])
-            if zv >= SAT or zv <= -SAT:
+    for c in prange(-(-rows // step)):
+        tmp = np.empty(cols, dtype=np.int64)
+        for i in range(c * step, min(rows, (c + 1) * step)):
+            if dyadic_route(z, i, zlim, dmax) == 0:
+                for j in range(cols):
+                    out[i, j] = min(max(np.rint(np.float64(z[i, j]) * d[j]), lo_f), hi_f)
+                continue
+            if dyadic_row(z, i, m, e, d, zlim, dmax, tmp):
                 refused += 1
                 continue
-            v = msr_rne(zv, m[j], e[j])
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            out[i, j] = v
+            for j in range(cols):
+                v = tmp[j]
+                if v < lo:
+                    v = lo
+                elif v > hi:
+                    v = hi
+                out[i, j] = v
     return refused
 
 
 @njit(parallel=True, cache=True)
-def requantize_residual_rows(z, m, e, z_id, m_id, e_id, lo, hi, out):
+def requantize_residual_rows(z, m, e, d, zlim, dmax, z_id, m_id, e_id, d_id, zlim_id, dmax_id, lo, hi, out):
     """QuantAct with a residual: ``out = clamp(rne(z_id * m_id / 2^e_id) + rne(z * m / 2^e), lo, hi)``.
 
-    Both terms as in :func:`requantize_rows` (each saturated to ``±2^62``, their int64 sum
-    wrapping exactly as NumPy's), ``z`` and ``z_id`` (rows, C) int32/int64, the multipliers
-    int64 (C,). Returns the number of refused elements (``|z|`` or ``|z_id| >= 2^62``).
+    Each term as in :func:`requantize_rows` (:func:`dyadic_row`; each saturated to ``±2^62``
+    like the reference, their int64 sum wrapping exactly as NumPy's), ``z`` and ``z_id``
+    (rows, C) int32/int64. Returns the number of refused rows (``|z|`` or ``|z_id| >= 2^62``).
     """
     rows, cols = z.shape
+    step = max(1, -(-rows // _CHUNKS))
     refused = 0
-    for i in prange(rows):
-        for j in range(cols):
-            zv = np.int64(z[i, j])
-            zi = np.int64(z_id[i, j])
-            if zv >= SAT or zv <= -SAT or zi >= SAT or zi <= -SAT:
+    for c in prange(-(-rows // step)):
+        tmp = np.empty(cols, dtype=np.int64)
+        tmp_id = np.empty(cols, dtype=np.int64)
+        for i in range(c * step, min(rows, (c + 1) * step)):
+            if dyadic_row(z, i, m, e, d, zlim, dmax, tmp) or dyadic_row(z_id, i, m_id, e_id, d_id, zlim_id, dmax_id, tmp_id):
                 refused += 1
                 continue
-            v = msr_rne(zi, m_id[j], e_id[j]) + msr_rne(zv, m[j], e[j])
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            out[i, j] = v
+            for j in range(cols):
+                v = tmp_id[j] + tmp[j]
+                if v < lo:
+                    v = lo
+                elif v > hi:
+                    v = hi
+                out[i, j] = v
     return refused
 
 
@@ -176,39 +294,88 @@ def int_exp_rows(s, x0_int, x0_30, b_int, c_int, m, e, lo, hi, out):
     2. ``z_q = floor(x / x0_int)`` (``x0_int < 0``), ``r = x - x0_int * z_q``
     3. ``poly = (r + b_int) * r + c_int``, then ``max(poly, 0)``
     4. ``out = clamp(rne(poly * m / 2^(e - 30 + z_q)), lo, hi)``: ``exp_int = poly * 2^(30 - z_q)``
-       never materialised, its left shift folded into the requantization shift
-       (:func:`msr_rne`), as the exact datapath's ``exp_requantize``.
+       never materialised, its left shift folded into the requantization shift, as the exact
+       datapath's ``exp_requantize``.
 
-    Floors in 1-3, round half to even in 4. Returns the number of refused elements (a negative
-    shift or ``poly >= 2^62``: the reference raises).
+    Floors in 1-3, round half to even in 4, by the routes of :func:`dyadic_row` (float64 with
+    ``d = m * 2^-(e - 30 + z_q)`` from a table over ``z_q`` in [0, 30] when exact or repairable
+    for the row, else :func:`msr_rne`). Returns the number of refused rows (a negative shift
+    or ``poly >= 2^62`` somewhere in the row: the reference raises).
     """
     rows, cols = s.shape
+    inv_x0 = 1.0 / np.float64(x0_int)
+    m_abs = m if m >= 0 else -m
+    plim = (F64_EXACT - 1) // m_abs if m_abs > 0 else SAT
+    table = np.empty(31, dtype=np.float64)
+    for k in range(31):
+        sh = e - 30 + k
+        table[k] = np.ldexp(np.float64(m), -sh) if 0 <= sh <= 1000 else np.nan
+    step = max(1, -(-rows // _CHUNKS))
     refused = 0
-    for i in prange(rows):
-        mx = np.int64(s[i, 0])
-        for j in range(1, cols):
-            v = np.int64(s[i, j])
-            if v > mx:
-                mx = v
-        for j in range(cols):
-            x = np.int64(s[i, j]) - mx
-            if x < x0_30:
-                x = x0_30
-            zq = x // x0_int
-            r = x - x0_int * zq
-            poly = (r + b_int) * r + c_int
-            if poly < 0:
-                poly = np.int64(0)
-            shift = e - 30 + zq
-            if shift < 0 or poly >= SAT:
+    for c in prange(-(-rows // step)):
+        poly_row = np.empty(cols, dtype=np.int64)
+        zq_row = np.empty(cols, dtype=np.int64)
+        for i in range(c * step, min(rows, (c + 1) * step)):
+            mx = np.int64(s[i, 0])
+            for j in range(1, cols):
+                v = np.int64(s[i, j])
+                if v > mx:
+                    mx = v
+            pmax = np.int64(0)
+            zq_lo = SAT
+            in_table = True
+            for j in range(cols):
+                x = np.int64(s[i, j]) - mx
+                if x < x0_30:
+                    x = x0_30
+                zq = floor_div(x, x0_int, inv_x0)
+                r = x - x0_int * zq
+                poly = (r + b_int) * r + c_int
+                if poly < 0:
+                    poly = np.int64(0)
+                poly_row[j] = poly
+                zq_row[j] = zq
+                if poly > pmax:
+                    pmax = poly
+                if zq < zq_lo:
+                    zq_lo = zq
+                if zq < 0 or zq > 30 or e - 30 + zq > 1000:
+                    in_table = False
+            if pmax >= SAT or e - 30 + zq_lo < 0:
                 refused += 1
                 continue
-            v = msr_rne(poly, m, shift)
-            if v < lo:
-                v = lo
-            elif v > hi:
-                v = hi
-            out[i, j] = v
+            done = False
+            if in_table and pmax <= plim:
+                for j in range(cols):
+                    v = np.int64(np.rint(np.float64(poly_row[j]) * table[zq_row[j]]))
+                    if v < lo:
+                        v = lo
+                    elif v > hi:
+                        v = hi
+                    out[i, j] = v
+                done = True
+            elif in_table and pmax <= F64_EXACT and np.float64(pmax) * abs(table[zq_lo]) < 2.0**49:
+                thr = 0.5 - np.float64(pmax) * abs(table[zq_lo]) * 2.0**-50
+                near = 0
+                for j in range(cols):
+                    y = np.float64(poly_row[j]) * table[zq_row[j]]
+                    r = np.rint(y)
+                    near += abs(y - r) >= thr
+                    v = np.int64(r)
+                    if v < lo:
+                        v = lo
+                    elif v > hi:
+                        v = hi
+                    out[i, j] = v
+                done = near == 0
+            if not done:
+                for j in range(cols):
+                    v = msr_rne(poly_row[j], m, e - 30 + zq_row[j])
+                    if v < lo:
+                        v = lo
+                    elif v > hi:
+                        v = hi
+                    out[i, j] = v
     return refused
 
 
@@ -312,8 +479,8 @@ def int_layernorm_rows(x, shift, bias, out):
 @njit(parallel=True, cache=True)
 def add_bias_rows(acc, b, out):
     """QuantLinear's bias: ``out = acc + b`` (``acc`` (rows, N) int32 from the exact GEMM,
-    ``b`` int64 (N,)), summed in int64, written to ``out`` (int32 when the caller proved
-    ``K * max|x| * max|w| + max|b| < 2^31``, else int64). No rounding."""
+    ``b`` int64 (N,)), summed in int64, written to ``out`` (int32: the caller proved
+    ``K * max|x| * max|w| + max|b| < 2^31``). No rounding."""
     rows, cols = acc.shape
     for i in prange(rows):
         for j in range(cols):
