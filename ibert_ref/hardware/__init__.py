@@ -3,6 +3,9 @@
 - ``primitives``: elementwise ARM NEON/SVE2, NVIDIA and gemmlowp/TFLite integer routines.
 - ``accumulate``: ``int_matmul``, a k-chunked GEMM accumulator with wrap/saturate/raise/exact
   overflow policies and overflow-event reporting.
+- ``profiles``: the hardware datapaths (``arm``, ``tensor-core``, ``generic``, ``x86-vnni``,
+  ``x86-avx2``); ``x86``: x86 int8 dot products (``vpdpbusd``, ``vpmaddubsw``, ...) and the
+  x86 profiles' GEMM; ``rtl_tb``: runs the Verilog of ``rtl/`` on golden vectors (Icarus).
 """
 
 from .accumulate import (
