@@ -173,6 +173,30 @@ def layer_norm(dp, fops, x: QTensor, p, rec, name):
     return rec(name, "IntLayerNorm", out)
 
 
+def _batch_array(block, batch: int):
+    """An uninitialised array for ``batch`` rows shaped like ``block`` (None stays None)."""
+    if block is None:
+        return None
+    block = np.asarray(block)
+    return np.empty((batch,) + block.shape[1:], dtype=block.dtype)
+
+
+def _batch_tuple(blocks, batch: int):
+    return None if blocks is None else tuple(_batch_array(b, batch) for b in blocks)
+
+
+def _put(whole, sl: slice, block):
+    """Write ``block`` into rows ``sl`` of ``whole`` (widening ``whole``'s dtype first if the
+    block needed a wider integer dtype than the earlier blocks); returns ``whole``."""
+    if whole is None:
+        return None
+    block = np.asarray(block)
+    if np.result_type(whole.dtype, block.dtype) != whole.dtype:
+        whole = whole.astype(np.result_type(whole.dtype, block.dtype))
+    whole[sl] = block
+    return whole
+
+
 class DegenerateRowError(ValueError):
     """An input row for which an integer kernel is undefined (a constant IntLayerNorm row)."""
 
@@ -491,7 +515,8 @@ class IBertModel:
         indices count within the block; the detail names the block's rows); width-census
         notes of every block are kept."""
         dp = self.datapath
-        parts, notes, events = [], [], []
+        notes, events = [], []
+        out, first = None, None
         for r0 in range(0, batch, rows):
             sl = slice(r0, min(r0 + rows, batch))
             part = self._forward(
@@ -504,41 +529,37 @@ class IBertModel:
             rows_txt = f"batch rows {sl.start}..{sl.stop - 1} of a chunked batch"
             events += [replace(r, detail=f"{r.detail}; {rows_txt}" if r.detail else rows_txt)
                        for r in part.overflow_events]
-            parts.append(part)
+            if out is None:  # outputs allocated once for the whole batch, each block written in place
+                first = part
+                out = IBertModelOutput(
+                    last_hidden_state=_batch_array(part.last_hidden_state, batch),
+                    pooler_output=_batch_array(part.pooler_output, batch),
+                    trace=None if part.trace is None else {k: _batch_array(v, batch) for k, v in part.trace.items()},
+                    trace_meta=part.trace_meta,
+                    last_hidden_state_int=_batch_array(part.last_hidden_state_int, batch),
+                    last_hidden_state_scale=part.last_hidden_state_scale,
+                    hidden_states=_batch_tuple(part.hidden_states, batch),
+                    hidden_states_int=_batch_tuple(part.hidden_states_int, batch),
+                    hidden_states_scale=part.hidden_states_scale,
+                    attentions=_batch_tuple(part.attentions, batch),
+                    attentions_int=_batch_tuple(part.attentions_int, batch),
+                    attentions_scale=part.attentions_scale,
+                )
+            for field_name in ("last_hidden_state", "pooler_output", "last_hidden_state_int"):
+                setattr(out, field_name, _put(getattr(out, field_name), sl, getattr(part, field_name)))
+            if part.trace is not None:
+                for k, v in part.trace.items():
+                    out.trace[k] = _put(out.trace[k], sl, v)
+            for field_name in ("hidden_states", "hidden_states_int", "attentions", "attentions_int"):
+                whole, block = getattr(out, field_name), getattr(part, field_name)
+                if whole is not None:
+                    setattr(out, field_name, tuple(_put(w, sl, b) for w, b in zip(whole, block)))
+            del part
         log = getattr(dp, "oplog", None)
         if log is not None:
             log.notes = notes
             log.events = list(events)
-
-        def cat(get):
-            values = [get(p) for p in parts]
-            return None if values[0] is None else np.concatenate(values, axis=0)
-
-        def cat_tuple(get):
-            values = [get(p) for p in parts]
-            if values[0] is None:
-                return None
-            return tuple(np.concatenate([v[i] for v in values], axis=0) for i in range(len(values[0])))
-
-        first = parts[0]
-        out = IBertModelOutput(
-            last_hidden_state=cat(lambda p: p.last_hidden_state),
-            pooler_output=cat(lambda p: p.pooler_output),
-            trace=None if first.trace is None else {k: np.concatenate([p.trace[k] for p in parts], axis=0)
-                                                    for k in first.trace},
-            trace_meta=first.trace_meta,
-            last_hidden_state_int=cat(lambda p: p.last_hidden_state_int),
-            last_hidden_state_scale=first.last_hidden_state_scale,
-            overflow_events=events,
-        )
-        if output_hidden_states:
-            out.hidden_states = cat_tuple(lambda p: p.hidden_states)
-            out.hidden_states_int = cat_tuple(lambda p: p.hidden_states_int)
-            out.hidden_states_scale = first.hidden_states_scale
-        if output_attentions:
-            out.attentions = cat_tuple(lambda p: p.attentions)
-            out.attentions_int = cat_tuple(lambda p: p.attentions_int)
-            out.attentions_scale = first.attentions_scale
+        out.overflow_events = events
         return out
 
     def _forward(self, input_ids, inputs_embeds, mask, token_type_ids, position_ids, head_mask,

@@ -73,3 +73,11 @@ def test_a_large_roberta_base_batch_runs_in_blocks(monkeypatch):
     cfg = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12)
     rows = M.rows_per_chunk(cfg, 128)
     assert rows * 128 * 3072 <= M.CHUNK_ELEMENTS and -(-8000 // rows) == 191
+
+
+def test_a_later_block_that_needs_a_wider_dtype_widens_the_output():
+    whole = M._batch_array(np.zeros((2, 3), np.int32), 4)
+    whole = M._put(whole, slice(0, 2), np.array([[1, 2, 3], [4, 5, 6]], np.int32))
+    whole = M._put(whole, slice(2, 4), np.array([[1 << 40, 0, 0], [0, 0, -(1 << 40)]], np.int64))
+    assert whole.dtype == np.int64
+    np.testing.assert_array_equal(whole, [[1, 2, 3], [4, 5, 6], [1 << 40, 0, 0], [0, 0, -(1 << 40)]])
