@@ -516,7 +516,7 @@ class IBertModel:
         notes of every block are kept."""
         dp = self.datapath
         notes, events = [], []
-        out, first = None, None
+        out = None
         for r0 in range(0, batch, rows):
             sl = slice(r0, min(r0 + rows, batch))
             part = self._forward(
@@ -530,7 +530,6 @@ class IBertModel:
             events += [replace(r, detail=f"{r.detail}; {rows_txt}" if r.detail else rows_txt)
                        for r in part.overflow_events]
             if out is None:  # outputs allocated once for the whole batch, each block written in place
-                first = part
                 out = IBertModelOutput(
                     last_hidden_state=_batch_array(part.last_hidden_state, batch),
                     pooler_output=_batch_array(part.pooler_output, batch),
