@@ -125,5 +125,5 @@ def test_rtl_is_lint_clean_under_verilator(top, sources):
     import subprocess
 
     done = subprocess.run([verilator, "--lint-only", "-Wall", "-Wno-DECLFILENAME", "--top-module", top,
-                           *[str(rtl_tb.RTL_DIR / s) for s in sources]], capture_output=True, text=True)
+                           *[str(rtl_tb.RTL_DIR / s) for s in sources]], check=False, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

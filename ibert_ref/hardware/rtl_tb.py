@@ -29,7 +29,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 import numpy as np
 
@@ -51,15 +50,15 @@ class OpResult:
     passed: bool
     summary: str
     first_mismatch: str
-    command: List[str]
+    command: list[str]
 
 
-def find_tool(name: str) -> Optional[str]:
+def find_tool(name: str) -> str | None:
     return shutil.which(name)
 
 
 def compile_testbenches(build: Path, rtl_dir: Path = RTL_DIR, round_half_up: bool = False,
-                        max_elements: Optional[int] = None) -> dict:
+                        max_elements: int | None = None) -> dict:
     """``iverilog -g2005`` each testbench with the RTL; returns ``{op kind: .vvp path}``.
     ``round_half_up`` defines ``IBERT_ROUND_HALF_UP`` (the shortcut requantizer);
     ``max_elements`` sizes the testbenches' memories (``-P tb.MAXN``; default: theirs)."""
@@ -77,7 +76,7 @@ def compile_testbenches(build: Path, rtl_dir: Path = RTL_DIR, round_half_up: boo
             cmd += [f"-P{tb}.MAXN={int(max_elements)}", f"-P{tb}.MAXC={max(int(max_elements), 8)}" if kind == "requantize"
                     else f"-P{tb}.MAXR={max(int(max_elements), 8)}"]
         cmd += [str(rtl_dir / f) for f in RTL_SOURCES] + [str(rtl_dir / f"{tb}.v")]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"iverilog failed for {tb}:\n{done.stdout}{done.stderr}")
         out[kind] = vvp
@@ -102,7 +101,7 @@ def _multiplier_files(build: Path, op_name: str, tag: str, dy: dict) -> tuple:
     return m_path, e_path, len(m)
 
 
-def requant_plusargs(folder: Path, manifest: dict, entry: dict, build: Path) -> List[str]:
+def requant_plusargs(folder: Path, manifest: dict, entry: dict, build: Path) -> list[str]:
     """The plusargs of ``tb_requant`` for one ``requantize`` op (writes its multiplier files)."""
     by_name = _entries(manifest)
     p = entry["params"]
@@ -120,7 +119,7 @@ def requant_plusargs(folder: Path, manifest: dict, entry: dict, build: Path) -> 
     return args
 
 
-def iexp_plusargs(folder: Path, manifest: dict, entry: dict, build: Path) -> List[str]:
+def iexp_plusargs(folder: Path, manifest: dict, entry: dict, build: Path) -> list[str]:
     """The plusargs of ``tb_iexp`` for one ``int_exp`` op (constants inline, decimal)."""
     by_name = _entries(manifest)
     p = entry["params"]
@@ -142,7 +141,7 @@ def _in_layers(name: str, layers) -> bool:
 
 
 def run_vectors(folder, build, *, layers=None, round_half_up: bool = False, rtl_dir: Path = RTL_DIR,
-                vvps: Optional[dict] = None) -> List[OpResult]:
+                vvps: dict | None = None) -> list[OpResult]:
     """Run every requantize / int_exp op of the vectors in ``folder`` (encoder layers in
     ``layers``; -1 = embeddings; None = all) through its testbench. ``vvps``: testbenches
     already compiled by :func:`compile_testbenches` (else they are compiled into ``build``)."""
@@ -161,7 +160,7 @@ def run_vectors(folder, build, *, layers=None, round_half_up: bool = False, rtl_
             continue
         make_args = requant_plusargs if entry["op"] == "requantize" else iexp_plusargs
         cmd = [vvp_tool, "-n", str(vvps[entry["op"]])] + make_args(folder, manifest, entry, build)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
         lines = done.stdout.splitlines()
         summary = next((ln for ln in lines if ln.startswith(("PASS", "FAIL"))), f"FAIL (no verdict): {done.stdout}{done.stderr}")
         first = next((ln for ln in lines if ln.startswith("FIRST MISMATCH")), "")

@@ -60,14 +60,14 @@ _PAIR_BLOCK_ELEMS = 1 << 23
 __all__ = [
     "MADD_VARIANTS",
     "U8_SHIFT",
+    "X86VnniDatapath",
+    "avx2_dot4",
+    "requantize_f32",
+    "vnni_matmul",
     "vpdpbusd",
     "vpdpbusds",
     "vpmaddubsw",
     "vpmaddwd",
-    "avx2_dot4",
-    "requantize_f32",
-    "vnni_matmul",
-    "X86VnniDatapath",
 ]
 
 
@@ -264,7 +264,7 @@ def vnni_matmul(x, w, *, madd: str = "vpdpbusd", acc_bits: int = 32, u8_input: b
     u_b = np.broadcast_to(u_i64, batch + u_i64.shape[-2:])
     w_b = np.broadcast_to(w_i64, batch + w_i64.shape[-2:])
     comp = np.zeros(batch + (1, w_i64.shape[-1]), I64) if u8_input else U8_SHIFT * w_b.sum(axis=-2, keepdims=True)
-    info = dict(events=(), pair_range=None, pair_saturations=0, first_saturation=None)
+    info = {"events": (), "pair_range": None, "pair_saturations": 0, "first_saturation": None}
     if madd == "vpmaddubsw":
         m, n = u_b.shape[-2], w_b.shape[-1]
         u3, w3 = u_b.reshape((-1, m, k + pad)), w_b.reshape((-1, k + pad, n))
