@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCES = ROOT / "scripts" / "sweep_sentences.txt"
 
-#: 16 configurations: accumulator width x overflow policy, the two named profiles, and the
+#: 18 configurations: accumulator width x overflow policy, the two named profiles, and the
 #: single-parameter variants of docs/hardware.md on the generic (exact) profile.
 GRID = [
-    "base=generic acc_bits=16,20,24,32 overflow=wrap,saturate",
+    "base=generic acc_bits=16,18,20,24,32 overflow=wrap,saturate",
     "base=arm,tensor-core",
     "gelu=int32 | gelu=int32 requant=gemmlowp | exp=shift-right | ln_var=int32-sat | sqrt=float32 | probs=u8-sat",
 ]
@@ -56,10 +56,16 @@ def convert(work: Path) -> Path:
 
 
 def fmt_pct(v: str) -> str:
-    return "—" if v == "" else f"{100 * float(v):.2f} %"
+    from ibert_ref.sweep.report import fmt_share
+
+    return fmt_share(v, none="—").replace("%", " %")
 
 
 def fmt(v: str, spec: str = ".4f") -> str:
+    from ibert_ref.sweep.report import fmt_cos
+
+    if spec == ".4f":
+        return fmt_cos(v, none="—")
     return "—" if v == "" else format(float(v), spec)
 
 

@@ -156,11 +156,37 @@ def write_csv(path, rows: Sequence[dict]) -> None:
     _atomic_write_text(Path(path), buf.getvalue())
 
 
+def fmt_share(v, digits: int = 2, none: str = "-") -> str:
+    """A share as a percentage; one that is not 1 but rounds to 100 gets more digits."""
+    if v is None or v == "":
+        return none
+    v = float(v)
+    text = f"{100 * v:.{digits}f}"
+    while v != 1.0 and text.startswith("100.") and digits < 8:
+        digits += 2
+        text = f"{100 * v:.{digits}f}"
+    return text + "%"
+
+
+def fmt_cos(v, digits: int = 4, none: str = "-") -> str:
+    """A cosine; one that is not 1 but rounds to 1.0000 gets more digits."""
+    if v is None or v == "":
+        return none
+    v = float(v)
+    text = f"{v:.{digits}f}"
+    while v != 1.0 and text.startswith("1.") and digits < 12:
+        digits += 2
+        text = f"{v:.{digits}f}"
+    return text
+
+
 def _pct(v, digits=2) -> str:
-    return "-" if v is None else f"{100 * v:.{digits}f}%"
+    return fmt_share(v, digits)
 
 
 def _num(v, fmt=".4f") -> str:
+    if fmt == ".4f":
+        return fmt_cos(v)
     return "-" if v is None else format(v, fmt)
 
 
@@ -201,70 +227,76 @@ def format_table(rows: Sequence[dict]) -> List[str]:
 
 
 def plot_summary(path, rows: Sequence[dict], title: str = "") -> None:
-    """``summary.png``: left, accumulator bits vs int8 code agreement (one line per setting of
-    the other parameters; an overflowing point is drawn hollow with its overflow count);
-    right, each configuration's pooled-embedding cosine vs the exact datapath (and vs the float
-    model when it was given)."""
+    """``summary.png``. Left: accumulator bits vs the share of int8 codes equal to the exact
+    datapath, one line per setting of the other parameters (an overflowing point ringed in red,
+    with its overflow count); without an ``acc_bits`` sweep, that share per configuration.
+    Right: each configuration's pooled-embedding cosine vs the exact datapath (diamonds: vs the
+    float model, when given), annotated with its int8 agreement and overflow count."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     configs = [r for r in rows if r["config_id"] != EXACT_ID]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.9 + max(3.6, 0.32 * len(rows))), dpi=90,
-                                   gridspec_kw={"width_ratios": [1.05, 1]})
-    # left: accumulator width vs agreement
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.5, 0.9 + max(3.6, 0.3 * len(rows))), dpi=90,
+                                   gridspec_kw={"width_ratios": [0.9, 1.1]})
     lines = {}
     for r in configs:
         others = tuple((k, r[k]) for k in PARAMETERS if k != "acc_bits")
         lines.setdefault((r["base"], others), []).append(r)
-    swept = [r for (b, _), rs in lines.items() for r in rs if len(rs) > 1] or configs
-    varying = [k for k in PARAMETERS if k != "acc_bits" and len({r[k] for r in swept}) > 1]
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for n, ((base, others), rs) in enumerate(lines.items()):
-        rs = sorted(rs, key=lambda r: r["acc_bits"])
-        xs = [r["acc_bits"] for r in rs]
-        ys = [100 * (r["int8_equal"] or 0) for r in rs]
-        desc = ", ".join(f"{k}={dict(others)[k]}" for k in varying) or "all points"
-        label = desc if base == "generic" else (f"{base}" + (f" ({desc})" if len(rs) > 1 or varying else ""))
-        if len(rs) == 1 and base != "generic":
-            label = rs[0]["label"]
-        c = colours[n % len(colours)]
-        ax1.plot(xs, ys, "-" if len(rs) > 1 else "", color=c, marker="o" if base == "generic" else "*",
-                 markersize=7 if base == "generic" else 12, label=label, alpha=0.9)
-        for r, x, y in zip(rs, xs, ys):
-            if r["overflow_count"]:
-                ax1.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red")
-                ax1.annotate(_count(r["overflow_count"]), (x, y), textcoords="offset points", xytext=(6, -12),
-                             fontsize=7, color="red")
-    ax1.set_xlabel("accumulator bits (acc_bits)")
-    ax1.set_ylabel("int8 codes equal to the exact datapath (%)")
-    ax1.set_title("code agreement vs accumulator width\n(red ring: overflowed, with the element count)", fontsize=10)
+    lines = {k: rs for k, rs in lines.items() if len(rs) > 1}
+    if lines:  # left: accumulator width vs agreement
+        swept = [r for rs in lines.values() for r in rs]
+        varying = [k for k in PARAMETERS if k != "acc_bits" and len({r[k] for r in swept}) > 1]
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for n, ((base, others), rs) in enumerate(lines.items()):
+            rs = sorted(rs, key=lambda r: r["acc_bits"])
+            xs = [r["acc_bits"] for r in rs]
+            ys = [100 * (r["int8_equal"] or 0) for r in rs]
+            desc = ", ".join(f"{k}={dict(others)[k]}" for k in varying)
+            label = (base if base != "generic" or not desc else "") + (" " if base != "generic" and desc else "") + desc
+            ax1.plot(xs, ys, "-o", color=colours[n % len(colours)], markersize=6, label=label or base, alpha=0.9)
+            for r, x, y in zip(rs, xs, ys):
+                if r["overflow_count"]:
+                    ax1.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red")
+                    ax1.annotate(_count(r["overflow_count"]), (x, y), textcoords="offset points", xytext=(7, -3),
+                                 fontsize=7, color="red")
+        ax1.set_xlabel("accumulator bits (acc_bits)")
+        ax1.set_xticks(sorted({r["acc_bits"] for r in swept}))
+        ax1.set_title("int8 codes equal to the exact datapath vs accumulator width\n"
+                      "(red ring: overflowed; number: overflowed elements)", fontsize=9.5)
+        ax1.legend(fontsize=7.5, loc="lower right")
+        ax1.set_ylabel("int8 codes equal to exact (%)")
+    else:  # no accumulator sweep: agreement per configuration
+        ys1 = list(range(len(configs)))[::-1]
+        ax1.barh(ys1, [100 * (r["int8_equal"] or 0) for r in configs], alpha=0.45,
+                 color=["#d62728" if r["overflow_count"] else "#1f77b4" for r in configs])
+        ax1.set_yticks(ys1)
+        ax1.set_yticklabels([r["label"] for r in configs], fontsize=7)
+        ax1.set_xlabel("int8 codes equal to exact (%)")
+        ax1.set_title("int8 codes equal to the exact datapath (red: overflowed)", fontsize=9.5)
     ax1.grid(True, alpha=0.3)
-    ax1.legend(fontsize=7, loc="lower right")
     # right: pooled-embedding cosine per configuration
-    labels = [r["label"] for r in rows]
     ys = list(range(len(rows)))[::-1]
     vals = [r["cos_pooled_mean"] if r["cos_pooled_mean"] is not None else 0.0 for r in rows]
-    bars = ax2.barh(ys, vals, color=["#999999" if r["config_id"] == EXACT_ID else ("#d62728" if r["overflow_count"]
-                                                                                 else "#1f77b4") for r in rows],
-                    alpha=0.45)
-    lo = min([v for v in vals] + [r.get("cos_pooled_float_mean") or 1.0 for r in rows])
+    colour = ["#999999" if r["config_id"] == EXACT_ID else "#d62728" if r["overflow_count"] else "#1f77b4" for r in rows]
+    bars = ax2.barh(ys, vals, color=colour, alpha=0.4)
+    lo = min(vals + [r.get("cos_pooled_float_mean") or 1.0 for r in rows])
     if any(r.get("cos_pooled_float_mean") is not None for r in rows):
         ax2.plot([r.get("cos_pooled_float_mean") or float("nan") for r in rows], ys, "kD", markersize=4,
                  label="vs float model")
-        ax2.legend(fontsize=7, loc="lower left")
-    ax2.set_xlim(max(0.0, lo - 0.1 * (1 - lo) - 0.002), 1.0005)
+        ax2.legend(fontsize=7, loc="lower right")
+    ax2.set_xlim(max(0.0, lo - 0.35 * (1 - lo) - 0.002), 1.0005)
     ax2.set_yticks(ys)
-    ax2.set_yticklabels(labels, fontsize=7)
-    ax2.set_xlabel("mean cosine, mean-pooled embedding vs exact datapath")
-    ax2.set_title("sentence embedding (red: overflowed)", fontsize=10)
+    ax2.set_yticklabels([r["label"] for r in rows], fontsize=7)
+    ax2.set_xlabel("mean cosine of the mean-pooled embedding vs the exact datapath")
+    ax2.set_title("sentence embedding (red: overflowed)", fontsize=9.5)
     for b, r in zip(bars, rows):
-        note = _num(r["cos_pooled_mean"])
+        note = f"{fmt_cos(r['cos_pooled_mean'])}   int8 {fmt_share(r['int8_equal'], 1)}"
         if r["overflow_count"]:
-            note += f"  ({_count(r['overflow_count'])} overflows)"
+            note += f"   {_count(r['overflow_count'])} overflows"
         if r["failed_sentences"]:
-            note += f"  {r['failed_sentences']} failed"
+            note += f"   {r['failed_sentences']} failed"
         ax2.annotate(note, (ax2.get_xlim()[0], b.get_y() + b.get_height() / 2), xytext=(3, 0),
                      textcoords="offset points", va="center", fontsize=6.5, color="black")
     ax2.grid(True, axis="x", alpha=0.3)

@@ -4,8 +4,8 @@ stay importable without Dask.
 
 Each worker process keeps a small cache (module level, so it lives as long as the worker):
 the loaded checkpoint per model, the compiled model per (model, configuration) (least recently
-used first out, ``IBERT_REF_SWEEP_MODEL_CACHE`` models, default 8), and the float model. A task
-therefore loads and compiles nothing that the same worker already has.
+used first out, as many as fit ``IBERT_REF_SWEEP_CACHE_MB``, see :func:`_cache_size`), and the float
+model. A task therefore loads and compiles nothing that the same worker already has.
 
 A *shard* is ``{"shard": id, "batches": [{"indices": [...], "ids": [[...], ...], "labels":
 [...] | None}, ...]}``: whole batches of equal-length sentences (no padding), so every
@@ -50,11 +50,21 @@ _FLOAT_MODELS: dict = {}
 _STATS = {"checkpoint_loads": 0, "compiles": 0, "float_loads": 0}
 
 
-def _cache_size() -> int:
+def _cache_size(checkpoint) -> int:
+    """How many compiled models a worker keeps: ``IBERT_REF_SWEEP_MODEL_CACHE`` if set, else as
+    many as fit ``IBERT_REF_SWEEP_CACHE_MB`` (default 1024) at a quarter of the checkpoint's
+    float bytes each (a compiled model holds int8 weights: measured ~1/7 on MiniLM), at least 2.
+    A sweep touches every configuration on every shard, so a cache smaller than the grid means
+    recompiling in most tasks (the load/compile seconds in the summary show it)."""
     try:
-        return max(1, int(os.environ.get("IBERT_REF_SWEEP_MODEL_CACHE", "8")))
+        fixed = int(os.environ.get("IBERT_REF_SWEEP_MODEL_CACHE", "0"))
+        budget = float(os.environ.get("IBERT_REF_SWEEP_CACHE_MB", "1024")) * 2**20
     except ValueError:
-        return 8
+        fixed, budget = 0, 2.0**30
+    if fixed > 0:
+        return fixed
+    per_model = max(1, sum(int(getattr(t, "nbytes", 0)) for t in checkpoint.tensors.values()) // 4)
+    return max(2, int(budget // per_model))
 
 
 def cache_info() -> dict:
@@ -93,7 +103,7 @@ def _model(spec: ModelSpec, point: Optional[dict]):
         _STATS["compiles"] += 1
         entry = (threading.Lock(), model)
         _MODELS[key] = entry
-        while len(_MODELS) > _cache_size():
+        while len(_MODELS) > _cache_size(checkpoint):
             _MODELS.popitem(last=False)
         return entry
 
@@ -108,6 +118,8 @@ def _float_model(path: str):
                 raise ImportError(
                     f"--float-model needs torch and transformers on every worker (pip install -e '.[verify]'): {exc}"
                 ) from None
+            transformers.utils.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()
             config = transformers.AutoConfig.from_pretrained(path)
             extra = {"quant_mode": False} if getattr(config, "model_type", "") == "ibert" else {}
             _FLOAT_MODELS[path] = transformers.AutoModel.from_pretrained(path, **extra).eval()
