@@ -110,3 +110,17 @@ def test_cli_widths_vpmaddubsw_table(capsys):
     assert cli_main(["widths", "--text", TEXT, "--layers", "0", "--flagged", "--vpmaddubsw"]) == 0
     out = capsys.readouterr().out
     assert "x86 AVX2 vpmaddubsw" in out and "encoder.layer.0.intermediate.dense" in out
+
+
+def test_switching_probs_back_to_u9_computes_p_v_exactly():
+    """``verify`` undoes one deviation by setting a built profile's attribute: with probs="u9"
+    a single-key row's probability 256 reaches ``P V`` and is taken exactly."""
+    dp = make_datapath("x86-avx2")
+    dp.probs = "u9"
+    p = np.zeros((1, 1, 2, 2), dtype=np.int64)  # (batch, heads, queries, keys)
+    p[..., 0] = 256
+    v = np.random.default_rng(2).integers(-128, 128, (1, 2, 4))
+    from ibert_ref.datapath import QTensor
+
+    ctx = dp.attention_context(QTensor(p, np.float32(1)), QTensor(v, np.float32(1)), 1, np.float32(1))
+    np.testing.assert_array_equal(ctx.data[0], 256 * v[0, :1].repeat(2, axis=0))

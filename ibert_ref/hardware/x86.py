@@ -296,7 +296,9 @@ class X86VnniDatapath(HardwareDatapath):
     overflow events ``"saturated"`` in part :data:`PAIR_PART`; with ``overflow="raise"`` the
     run stops at the first op that saturates). The left GEMM operand is shifted to u8 (+128) and
     the compensation ``128 * sum_k w`` subtracted; in ``P V`` the probabilities are the u8
-    operand as they are, so the profile needs ``probs="u8-sat"`` (256 is no byte).
+    operand as they are, so the profile needs ``probs="u8-sat"`` (256 is no byte; a built
+    profile whose ``probs`` attribute is switched to ``"u9"``, as ``verify`` does to undo one
+    deviation, computes a ``P V`` that holds a 256 exactly).
     The other parameters are :class:`HardwareDatapath`'s (profile defaults: int32 wrapping
     accumulators, the float32 requantization epilogue ``requant="cutlass-f32"`` that
     oneDNN / FBGEMM / MLAS use, ``gelu="int32"``, ``ln_var="uint32"``).
@@ -328,8 +330,12 @@ class X86VnniDatapath(HardwareDatapath):
         """``a @ b (+ bias)`` by :func:`vnni_matmul` (bias added after, in the accumulator)."""
         a_i64 = np.asarray(a, dtype=I64)
         b_i64 = np.asarray(b, dtype=I64)
-        out, info = vnni_matmul(a_i64, b_i64, madd=self.madd, acc_bits=self.acc_bits, u8_input=family == "context")
         exact = np.matmul(a_i64.astype(np.float64), b_i64.astype(np.float64)).astype(I64)  # < 2^53: exact
+        if family == "context" and a_i64.size and int(a_i64.max()) > 255:
+            # probs="u9" set on a built profile (verify's switch back to exact): a 9-bit operand
+            # is no byte, so P V is taken exact here
+            return exact
+        out, info = vnni_matmul(a_i64, b_i64, madd=self.madd, acc_bits=self.acc_bits, u8_input=family == "context")
         if info["pair_range"] is not None:
             self.note(family, PAIR_PART, info["pair_range"])
         if info["pair_saturations"]:
