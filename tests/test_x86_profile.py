@@ -124,3 +124,12 @@ def test_switching_probs_back_to_u9_computes_p_v_exactly():
 
     ctx = dp.attention_context(QTensor(p, np.float32(1)), QTensor(v, np.float32(1)), 1, np.float32(1))
     np.testing.assert_array_equal(ctx.data[0], 256 * v[0, :1].repeat(2, axis=0))
+
+
+@pytest.mark.parametrize("acc_bits", [63, 64])
+def test_wide_accumulators_are_exact(acc_bits):
+    """``acc_bits`` up to 64 (verify's exact twin uses 64): no wrap, ``x @ w``."""
+    rng = np.random.default_rng(3)
+    x, w = rng.integers(-128, 128, (4, 40)), rng.integers(-128, 128, (40, 6))
+    for madd in ("vpdpbusd", "vpdpbusds"):
+        np.testing.assert_array_equal(vnni_matmul(x, w, madd=madd, acc_bits=acc_bits)[0], x @ w)

@@ -37,7 +37,7 @@ import numpy as np
 
 from .accumulate import int_matmul
 from .oplog import OverflowRecord, Register
-from .profiles import HardwareDatapath, _wrap_signed
+from .profiles import HardwareDatapath
 
 I64 = np.int64
 
@@ -89,6 +89,16 @@ def _operand(x, lo: int, hi: int, name: str) -> np.ndarray:
 def _groups(a, b, width: int, name: str):
     if a.ndim == 0 or a.shape[-1] != width or b.ndim == 0 or b.shape[-1] != width:
         raise ValueError(f"{name}: the operands need a trailing axis of length {width}")
+
+
+def _wrap_signed(x_i64, bits: int):
+    """``wrap_bits(x)``: the low ``bits`` bits of int64 ``x`` read as signed (1 <= bits <= 64)."""
+    x_i64 = np.asarray(x_i64, dtype=I64)
+    if bits >= 64:
+        return x_i64
+    half = I64(1 << (bits - 1))
+    low = x_i64 & I64((1 << bits) - 1)
+    return np.where(low >= half, (low - half) - half, low)
 
 
 def _sat(x_i64, bits: int):
