@@ -48,6 +48,7 @@ def test_every_profile_difference_is_classed_by_its_deviation(batch, name, kw):
     report = verify(None, input_ids=ids, attention_mask=mask, datapath=dp)
     assert report.unexplained == 0, report.format(only_differing=True)
     assert report.ok and report.datapath == dp.name
+    assert report.to_dict()["reference"] == "exact datapath" and report.to_dict()["unexplained"] == 0
     allowed = {label for _, label, _ in profile_switches(dp)}
     allowed |= {f"{a} + {b}" for a in allowed for b in allowed}
     assert _classes(report, "replay") <= allowed | {"input-representation"}
@@ -101,6 +102,8 @@ def test_cli_verify_under_a_profile_passes(capsys):
     assert main(["verify", "--text", "The capital of France is Paris.", "--datapath", "arm"]) == 0
     out = capsys.readouterr().out
     assert "compared with the exact datapath" in out
+    assert "== end to end, against the exact datapath ==" in out
+    assert "== op-by-op replay (each op fed the exact datapath's inputs) ==" in out
     assert "unexplained differences: 0  -> OK" in out
 
 

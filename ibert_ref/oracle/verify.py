@@ -642,6 +642,8 @@ class VerifyReport:
     last_hidden_state_max_abs_diff: Optional[float] = None
     pooler_max_abs_diff: Optional[float] = None
     notes: List[str] = field(default_factory=list)
+    #: what ours is compared with: transformers' I-BERT, or (a hardware profile) the exact datapath
+    reference: str = "transformers"
 
     def modes(self):
         return [(m, r) for m, r in (("replay", self.replay), ("e2e", self.e2e)) if r is not None]
@@ -679,7 +681,11 @@ class VerifyReport:
         for m, reports in self.modes():
             if mode is not None and m != mode:
                 continue
-            title = "op-by-op replay (each op fed transformers' inputs)" if m == "replay" else "end to end"
+            if self.reference == "transformers":
+                title = "op-by-op replay (each op fed transformers' inputs)" if m == "replay" else "end to end"
+            else:
+                title = (f"op-by-op replay (each op fed the {self.reference}'s inputs)" if m == "replay"
+                         else f"end to end, against the {self.reference}")
             lines += ["", f"== {title} =="]
             lines.append(f"{'op':56s} {'kind':14s} {'elements':>9s} {'equal':>9s} {'%':>7s} {'max|d|':>7s}  first diff")
             for r in reports.values():
@@ -716,7 +722,7 @@ class VerifyReport:
                          causes=r.causes, evidence=r.evidence) for r in reports.values()]
 
         return dict(
-            model=self.model, datapath=self.datapath, gemm=self.gemm,
+            model=self.model, datapath=self.datapath, gemm=self.gemm, reference=self.reference,
             input_ids=self.input_ids.tolist(), attention_mask=self.attention_mask.tolist(),
             modes={m: dict(ops=ops(r), first_divergence=self.first_divergence(m), totals=self.totals(m))
                    for m, r in self.modes()},
@@ -910,7 +916,8 @@ def verify_profile(model_folder, dp, input_ids, attention_mask, token_type_ids=N
                 raise RuntimeError(f"{name}: the op graph does not reproduce the {label} model's trace")
     twin = _exact_twin(dp)
     switches = profile_switches(dp)
-    report = VerifyReport(model=str(model_folder), datapath=dp.name, gemm="-", input_ids=ids, attention_mask=mask)
+    report = VerifyReport(model=str(model_folder), datapath=dp.name, gemm="-", input_ids=ids, attention_mask=mask,
+                          reference="exact datapath")
     report.notes.append(f"hardware profile compared with the exact datapath (not transformers): {dp.describe()}")
     graph = op_graph(cfg["num_hidden_layers"])
 
