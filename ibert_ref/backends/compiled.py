@@ -102,7 +102,7 @@ class CompiledDatapath(ExactDatapath):
             return None
         if a.ndim > 0 and (any(d != 1 for d in a.shape[:-1]) or a.shape[-1] not in (1, cols)):
             return None
-        vec = np.ascontiguousarray(np.broadcast_to(a.reshape(-1).astype(I64), (cols,)))
+        vec = np.array(np.broadcast_to(a.reshape(-1), (cols,)), dtype=I64)  # a writable copy: one numba signature
         self._vectors[key] = (v, vec)
         return vec
 
