@@ -125,3 +125,15 @@ def test_768_wide_model_profiles_have_no_unexplained_difference(tmp_path):
         assert report.unexplained == 0, (name, report.format(only_differing=True))
         if name != "generic":
             assert report.totals("replay").get("gelu=int32", 0) > 0
+
+
+def test_force_dequant_models_are_refused_under_a_profile(tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "fd"
+    shutil.copytree(default_model_path(), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "force_dequant": "gelu"}))
+    with pytest.raises(ValueError, match="all-integer model only"):
+        verify(str(folder), input_ids=np.array([[0, 100, 2]]), datapath="arm")

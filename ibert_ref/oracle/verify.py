@@ -898,6 +898,9 @@ def verify_profile(model_folder, dp, input_ids, attention_mask, token_type_ids=N
 
     exact_model = IBertModel.from_pretrained(model_folder, datapath="exact")
     prof_model = IBertModel.from_pretrained(model_folder, datapath=dp)
+    if prof_model.compiled.force_dequant:
+        raise ValueError(f"force_dequant={prof_model.config.get('force_dequant')!r}: the model runs float "
+                         "non-linearities; verify under a hardware profile covers the all-integer model only")
     cfg = prof_model.config
     ids = np.asarray(input_ids, dtype=np.int64)
     ids = ids[None, :] if ids.ndim == 1 else ids
