@@ -19,6 +19,7 @@ For each worker count: a fresh LocalCluster, the sweep run under Dask's task str
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import sys
@@ -41,7 +42,9 @@ def measure(spec, inputs, points, n_workers, shard_size, batch_size):
         with tempfile.TemporaryDirectory() as tmp, get_task_stream(client) as ts:
             run = run_sweep(spec, inputs, points, Path(tmp) / "out", client=client, shard_size=shard_size,
                             batch_size=batch_size, progress=False)
-            sizes = [p.stat().st_size for p in (Path(tmp) / "out" / "tasks").rglob("shard-*.json")]
+            files = list((Path(tmp) / "out" / "tasks").rglob("shard-*.json"))
+            sizes = [p.stat().st_size for p in files]
+            stored = [json.loads(p.read_text()) for p in files]
         compute = {"baseline": 0.0, "config": 0.0, "exact": 0.0}
         transfer, transfer_bytes, transfers = 0.0, 0, 0
         for rec in ts.data:
@@ -58,6 +61,8 @@ def measure(spec, inputs, points, n_workers, shard_size, batch_size):
         client.close()
         cluster.close()
     tasks = len(ts.data)
+    task_wall = sum(r.get("seconds", 0.0) + r.get("setup_seconds", 0.0) for r in stored)
+    task_cpu = sum(r.get("cpu_seconds", 0.0) for r in stored)
     busy = sum(compute.values()) + transfer
     return {
         "workers": n_workers,
@@ -72,6 +77,7 @@ def measure(spec, inputs, points, n_workers, shard_size, batch_size):
         "transfer_bytes": transfer_bytes,
         "overhead_per_task": (n_workers * run.wall_seconds - busy) / max(tasks, 1),
         "result_bytes": sum(sizes) / max(len(sizes), 1),
+        "cpu_share": task_cpu / task_wall if task_wall else 0.0,
     }
 
 
@@ -110,7 +116,8 @@ def main(argv=None) -> int:
             f"{c['config']:.1f} s, baselines {c['baseline']:.1f} s, exact rows {c['exact']:.2f} s, of which "
             f"load/compile {m['setup']:.1f} s; transfer {m['transfer']:.2f} s in {m['transfers']} "
             f"({m['transfer_bytes'] / 2**20:.1f} MiB); overhead {1000 * m['overhead_per_task']:.0f} ms/task; "
-            f"result file {m['result_bytes'] / 1024:.1f} KiB; load {os.getloadavg()[0]:.1f}"
+            f"result file {m['result_bytes'] / 1024:.1f} KiB; CPU time / task time {m['cpu_share']:.2f}; "
+            f"load {os.getloadavg()[0]:.1f}"
         )
     return 0
 

@@ -205,7 +205,7 @@ def run_baseline(spec: ModelSpec, shard: dict) -> dict:
     """The exact datapath on every sentence of ``shard`` (and the float model with
     ``spec.float_model``): what each configuration is compared with. Kept on the worker that
     computed it; Dask moves it to the workers that need it."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     lock, model = _model(spec, None)
     setup = time.perf_counter() - t0
     sentences, op_order = {}, None
@@ -232,6 +232,7 @@ def run_baseline(spec: ModelSpec, shard: dict) -> dict:
         "op_order": op_order or [],
         "seconds": time.perf_counter() - t0 - setup,
         "setup_seconds": setup,
+        "cpu_seconds": time.process_time() - c0,
     }
 
 
@@ -296,7 +297,7 @@ def run_config(spec: ModelSpec, point: dict, shard: dict, baseline: dict) -> dic
     client can aggregate them exactly, whatever the sharding. A batch that raises is counted
     as failed sentences (with the first error), not as a failed sweep.
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     lock, model = _model(spec, point)
     setup = time.perf_counter() - t0
     res = _new_result(point["config_id"], shard)
@@ -320,6 +321,7 @@ def run_config(spec: ModelSpec, point: dict, shard: dict, baseline: dict) -> dic
                 _compare_into(res, int(idx), baseline["sentences"][int(idx)], row)
     res["seconds"] = time.perf_counter() - t0 - setup
     res["setup_seconds"] = setup
+    res["cpu_seconds"] = time.process_time() - c0  # < seconds + setup when the core is shared
     res["worker"] = _worker_name()
     return res
 
@@ -335,6 +337,7 @@ def summarize_baseline(spec: ModelSpec, shard: dict, baseline: dict) -> dict:
             _compare_into(res, int(idx), base, base)
     res["seconds"] = baseline["seconds"] + (time.perf_counter() - t0)
     res["setup_seconds"] = baseline["setup_seconds"]
+    res["cpu_seconds"] = baseline.get("cpu_seconds", 0.0)
     res["worker"] = _worker_name()
     return res
 
