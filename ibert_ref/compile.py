@@ -369,7 +369,8 @@ def layernorm_params(dp: Datapath, gamma_f32, beta_f32, shift_f32, what: str = "
     if big.any():
         i = int(np.flatnonzero(big)[0])
         raise CompileError(f"{what}: bias_int[{i}] = floor((beta / gamma) / (sqrt(D) / 2^30)) = {bias_int[i]:.4g} "
-                           f"(beta {float(beta_f32[i]):.4g}, gamma {float(gamma_f32[i]):.4g}); bound: |bias_int| < 2^61")
+                           f"(beta {float(beta_f32[i]):.4g}, gamma {float(gamma_f32[i]):.4g}); "
+                           "bound: |bias_int| < 2^61")
     _check_scale(what, "IntLayerNorm output scale sqrt(D) / 2^30 * gamma", out_scale)
     return LayerNormParams(shift=int(shift), bias_int=dp.const(bias_int), out_scale=out_scale)
 
@@ -446,7 +447,8 @@ def compile_embeddings(dp: Datapath, get: Getter, fd: frozenset = frozenset(), e
         layernorm=layernorm,
         output_activation=act_params(ACT_BITS, s_out, layernorm, what=k("output_activation")),
         act1_input=QuantizeInputParams(bits=EMBEDDING_ACT_BITS, scale=s_act1),
-        act1_input_identity=requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, token_type.scale, what=k("embeddings_act1")),
+        act1_input_identity=requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, token_type.scale,
+                                           what=k("embeddings_act1")),
     )
 
 
@@ -533,7 +535,8 @@ def compile_layer(
         pre_intermediate_act=requant_params(ACT_BITS, s_pre_int, s_attn_out, what=k(p + "pre_intermediate_act")),
         intermediate_dense=inter_dense,
         gelu=gelu,
-        intermediate_output_activation=act_params(ACT_BITS, s_inter_out, gelu, what=k(p + "intermediate.output_activation")),
+        intermediate_output_activation=act_params(ACT_BITS, s_inter_out, gelu,
+                                                  what=k(p + "intermediate.output_activation")),
         pre_output_act=requant_params(ACT_BITS, s_pre_out, s_inter_out, what=k(p + "pre_output_act")),
         output_dense=out_dense,
         output_ln_input_act=output_ln_input_act,

@@ -841,7 +841,8 @@ def _classify_profile_op(dp, twin, switches, spec, params, heads, inputs, ours, 
             evidence[key] = text
         else:
             cause[diff & ~own] = "unexplained"
-            evidence["unexplained"] = "inputs equal the exact datapath's and the exact kernel on them agrees with the profile"
+            evidence["unexplained"] = ("inputs equal the exact datapath's and the exact kernel on them agrees "
+                                       "with the profile")
     if own.any():
         left = own.copy()
         for key, label, overrides in switches:
