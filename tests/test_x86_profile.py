@@ -133,3 +133,13 @@ def test_wide_accumulators_are_exact(acc_bits):
     x, w = rng.integers(-128, 128, (4, 40)), rng.integers(-128, 128, (40, 6))
     for madd in ("vpdpbusd", "vpdpbusds"):
         np.testing.assert_array_equal(vnni_matmul(x, w, madd=madd, acc_bits=acc_bits)[0], x @ w)
+
+
+def test_profile_options_are_checked_per_profile():
+    """``madd`` belongs to the x86 profiles only; another profile names its own options."""
+    from ibert_ref.datapath import make_datapath
+
+    with pytest.raises(ValueError, match="profile 'arm' has no option 'madd'"):
+        make_datapath("arm", madd="vpmaddubsw")
+    dp = make_datapath("x86-vnni", madd="vpmaddubsw", acc_bits=24)
+    assert dp.madd == "vpmaddubsw" and dp.acc_bits == 24

@@ -170,6 +170,7 @@ def _profile_values():
     import inspect
 
     from ..hardware import profiles as P
+    from ..hardware import x86
 
     params = [n for n, q in inspect.signature(P.HardwareDatapath.__init__).parameters.items()
               if n not in ("self", "name") and q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
@@ -183,6 +184,7 @@ def _profile_values():
         "ln_var": P.LN_VAR_VARIANTS,
         "sqrt": P.SQRT_VARIANTS,
         "probs": P.PROBS_VARIANTS,
+        "madd": tuple(x86.MADD_VARIANTS),  # x86-vnni only
     }
     return {**known, **{n: None for n in params if n not in known}}
 

@@ -89,6 +89,7 @@ Every profile records overflow events per op: the model returns them as
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -683,11 +684,19 @@ def make_profile(name: str, **overrides) -> HardwareDatapath:
     """The named profile (:data:`PROFILES`) with keyword ``overrides``."""
     if name not in PROFILES:
         raise ValueError(f"unknown hardware profile {name!r}; expected one of {tuple(PROFILES)}")
+    cls = HardwareDatapath
     if "madd" in PROFILES[name]:  # x86-vnni, x86-avx2
         from .x86 import X86VnniDatapath  # x86.py builds on this module: imported here
 
-        return X86VnniDatapath(**{**PROFILES[name], **overrides, "name": overrides.get("name", name)})
-    return HardwareDatapath(**{**PROFILES[name], **overrides, "name": overrides.get("name", name)})
+        cls = X86VnniDatapath
+    accepted = {n for c in cls.__mro__ if issubclass(c, HardwareDatapath)  # a subclass forwards **kwargs
+                for n, q in inspect.signature(c.__init__).parameters.items()
+                if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY) and n != "self"}
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise ValueError(f"profile {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(sorted(accepted - {'name'}))}")
+    return cls(**{**PROFILES[name], **overrides, "name": overrides.get("name", name)})
 
 
 def parse_profile_options(items) -> dict:
