@@ -79,7 +79,9 @@ def test_16_bit_accumulators_are_classed_as_accumulator_and_k_step(batch):
                     datapath=make_datapath("generic", acc_bits=16, overflow="saturate", k_step=32))
     replay = report.totals("replay")
     assert replay.get("accumulator int16 saturate", 0) > 0
-    assert report.first_divergence("e2e").endswith("attention.self.query")
+    first = report.first_divergence("e2e")
+    assert first.endswith("attention.self.query")
+    assert "saturated in 16 bits" in report.e2e[first].evidence["accumulator int16 saturate"]  # its records
     assert report.unexplained == 0
 
 

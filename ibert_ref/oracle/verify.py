@@ -938,6 +938,14 @@ def verify_profile(model_folder, dp, input_ids, attention_mask, token_type_ids=N
                                       f"upstream: {first}")
             cause, ev = _classify_profile_op(dp, twin, switches, spec, _params_of(compiled, spec), heads, ins,
                                              ours.ints, ref.ints, cascade)
+            block = spec.name.rsplit(".", 1)[0] if spec.kind in ("AttentionScores", "AttentionContext") else None
+            recs = [r for name, rs in events.items() if name in (spec.name, block) for r in rs
+                    if block is None or r.family == ("scores" if spec.kind == "AttentionScores" else "context")]
+            if recs:  # the profile's own overflow records of this op back its deviation classes
+                text = "; ".join(f"[{r.part}] {r.action} in {r.bits} bits, {r.count} element(s)" for r in recs)
+                for label in ev:
+                    if label not in ("cascade", "unexplained"):
+                        ev[label] += f"; overflow records of this op: {text}"
             reports[spec.name] = _report(spec.name, spec.kind, ours.ints, ref.ints, cause, ev)
             if first is None and not reports[spec.name].all_equal:
                 first = spec.name
