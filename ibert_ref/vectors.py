@@ -25,6 +25,15 @@ int32, *without* the mask: the mask is an input of ``softmax.act``) and
 
 Integer datapaths only (``exact`` and the hardware profiles): the transformers datapath holds
 floats between ops, so its ops cannot be re-run from integers.
+
+Hardware profiles (:mod:`ibert_ref.hardware.profiles`): every kernel call is the profile's own
+(its accumulators, requantization rounding, i-exp / IntGELU / LayerNorm variants), so the files
+hold the profile's integers. The manifest records ``datapath_parameters`` (every parameter; the
+re-run rebuilds the profile from them, :func:`datapath_from_manifest`), ``datapath_description``,
+``datapath_semantics`` (parameter -> what its value computes) and per op the semantics that apply
+to it and the run's ``overflow_events``. A value the profile holds with a power-of-two exponent
+(the int32 IntGELU's output, ``data * 2^(3k)`` at the compiled scale) carries ``exponent`` in its
+entry; the re-run hands it to the next requantization, whose shift becomes ``e - exponent``.
 """
 
 from __future__ import annotations
