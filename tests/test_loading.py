@@ -683,7 +683,8 @@ def _fuzz_forward(ckpt):
 
     for datapath in ("exact", "transformers", "arm"):
         try:
-            model = IBertModel.from_checkpoint(ckpt, datapath=datapath)
+            with np.errstate(all="ignore"):  # extreme weights overflow float32 in quantization (then clamp)
+                model = IBertModel.from_checkpoint(ckpt, datapath=datapath)
         except ValueError as exc:  # CheckpointError / CompileError: refused at load, with a message
             assert str(exc)
             return "refused"
