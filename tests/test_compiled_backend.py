@@ -247,7 +247,14 @@ def score_arrays(draw, p):
 def test_int_exp_equals_reference(data):
     p = data.draw(S.softmax_params("exact", act_headroom=st.sampled_from([1.0, 0.25, 4.0])))
     s = data.draw(score_arrays(p))
-    compiled_and_reference("int_exp", s, p)
+    compiled_and_reference("int_exp", s, p)  # by table (int_exp_table + int_exp_lookup_rows)
+    import ibert_ref.backends.compiled as compiled_mod
+
+    saved, compiled_mod.EXP_TABLE_MAX = compiled_mod.EXP_TABLE_MAX, 0
+    try:
+        compiled_and_reference("int_exp", s, p)  # directly (int_exp_rows)
+    finally:
+        compiled_mod.EXP_TABLE_MAX = saved
 
 
 @SETTINGS
@@ -255,7 +262,7 @@ def test_int_exp_equals_reference(data):
 def test_int_exp_extreme_constants_equal_reference(data):
     """Hand-made constants far from calibration: polynomials past 2^53 (route 1 / two limbs),
     shifts beyond 62, multipliers at +-2^31."""
-    x0 = data.draw(st.sampled_from([-1, -2, -57, -1000, -(1 << 20)]))
+    x0 = data.draw(st.sampled_from([-1, -2, -57, -1000, -5000, -(1 << 20)]))  # tables; -5000 on: direct
     p = K.SoftmaxParams(
         x0_int=np.array([x0]), x0_30=np.array([30 * x0]),
         b_int=np.array([data.draw(st.integers(-(1 << 20), 1 << 21))]),

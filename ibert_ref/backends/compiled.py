@@ -26,16 +26,29 @@ they model their own registers and record overflow per op on whole arrays.
 
 from __future__ import annotations
 
-import numpy as np
+import os
 
-from .. import intops
-from ..datapath import ExactDatapath, QTensor
-from . import compiled_kernels as ck
-from .int_gemm import TorchIntGemm, choose_gemm
+# Two OpenMP runtimes share the cores here: numba's ``prange`` kernels (numba's omp layer loads
+# the system libgomp) and torch's GEMMs (torch ships its own libgomp). By default an idle
+# libgomp thread spins after each parallel region, so the runtime that is not working takes a
+# core from the one that is (measured on a loaded 2-core VM: 1x128 in 1.8-4 s instead of 0.1 s). Idle
+# threads sleep instead (``OMP_WAIT_POLICY=PASSIVE``), unless the environment says otherwise.
+# Read by each libgomp when it loads: numba's on the first kernel launch, torch's on import (a
+# torch imported before this module keeps its setting).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+from .. import intops  # noqa: E402
+from ..datapath import ExactDatapath, QTensor  # noqa: E402
+from . import compiled_kernels as ck  # noqa: E402
+from .int_gemm import TorchIntGemm, choose_gemm  # noqa: E402
 
 I64 = np.int64
 _INTS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.dtype(np.int64))
 _KERNEL_INTS = (np.dtype(np.int32), np.dtype(np.int64))
+#: Largest i-exp table (entries, int32) built per softmax constant set; roberta-base: ~1,800.
+EXP_TABLE_MAX = 1 << 16
 
 
 def _rows(a: np.ndarray) -> np.ndarray:
@@ -172,7 +185,14 @@ class CompiledDatapath(ExactDatapath):
             return None  # (I-BERT's act is 16 bits; other widths take the NumPy kernel)
         lo, hi = -(1 << (p.act_bits - 1)), (1 << (p.act_bits - 1)) - 1
         out = np.empty(s.shape, dtype=np.int16)
-        refused = ck.int_exp_rows(_rows(s), x0_int, x0_30, b_int, c_int, m, e, lo, hi, out.reshape(-1, s.shape[-1]))
+        if -EXP_TABLE_MAX < x0_30 <= 0:  # x = max(s - rowmax, x0_30) has -x0_30 + 1 values: a table
+            key = ("exp", x0_int, x0_30, b_int, c_int, m, e, lo, hi)
+            table = dp._vectors.get(key)
+            if table is None:
+                table = dp._vectors[key] = ck.int_exp_table(x0_int, x0_30, b_int, c_int, m, e, lo, hi)
+            refused = ck.int_exp_lookup_rows(_rows(s), x0_30, table, out.reshape(-1, s.shape[-1]))
+        else:
+            refused = ck.int_exp_rows(_rows(s), x0_int, x0_30, b_int, c_int, m, e, lo, hi, out.reshape(-1, s.shape[-1]))
         return None if refused else dp.emit(out, p.act_scale)
 
     @staticmethod
@@ -236,8 +256,8 @@ class CompiledDatapath(ExactDatapath):
         acc = np.ascontiguousarray(acc)
         bound = k * (1 << 14) + int(np.abs(bias).max())
         if acc.dtype == np.int32 and bound < (1 << 31):
-            out = np.empty(acc.shape, dtype=np.int32)
-            ck.add_bias_rows(acc, bias, out)
+            out = acc if acc.flags.writeable else np.empty(acc.shape, dtype=np.int32)
+            ck.add_bias_rows(acc, bias, out)  # in place: no second buffer
         else:  # wider than int32 (not in I-BERT), or the BLAS GEMM's int64: NumPy, exact in int64
             out = acc.astype(I64) + bias
         return out.reshape(x.shape[:-1] + (n,))

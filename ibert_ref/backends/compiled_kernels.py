@@ -379,6 +379,68 @@ def int_exp_rows(s, x0_int, x0_30, b_int, c_int, m, e, lo, hi, out):
     return refused
 
 
+#: Marks a table entry where the reference raises (see :func:`int_exp_table`).
+TABLE_REFUSED = np.int32(-(1 << 31))
+
+
+@njit(cache=True)
+def int_exp_table(x0_int, x0_30, b_int, c_int, m, e, lo, hi):
+    """i-exp with its 16-bit requantization as a table over the clamped difference
+    ``x = max(s - max_row(s), x0_30)``, which takes only the values ``x0_30 .. 0``
+    (``x0_30 <= 0``): entry ``x - x0_30`` is the result of steps 2-4 of :func:`int_exp_rows`
+    for that ``x``, computed exactly (``z_q = floor(x / x0_int)``, ``r = x - x0_int z_q``,
+    ``poly = max((r + b_int) r + c_int, 0)``, ``clamp(msr_rne(poly, m, e - 30 + z_q), lo, hi)``),
+    int32. An entry where the reference raises (negative shift, ``poly >= 2^62``) holds
+    :data:`TABLE_REFUSED`. The result depends on ``x`` alone, so a lookup is the same integer."""
+    n = -x0_30 + 1
+    table = np.empty(n, dtype=np.int32)
+    inv_x0 = 1.0 / np.float64(x0_int)
+    for k in range(n):
+        x = x0_30 + k
+        zq = floor_div(x, x0_int, inv_x0)
+        r = x - x0_int * zq
+        poly = (r + b_int) * r + c_int
+        if poly < 0:
+            poly = np.int64(0)
+        shift = e - 30 + zq
+        if shift < 0 or poly >= SAT:
+            table[k] = TABLE_REFUSED
+            continue
+        v = msr_rne(poly, m, shift)
+        if v < lo:
+            v = lo
+        elif v > hi:
+            v = hi
+        table[k] = v
+    return table
+
+
+@njit(parallel=True, cache=True)
+def int_exp_lookup_rows(s, x0_30, table, out):
+    """i-exp with its 16-bit requantization by table (:func:`int_exp_table`):
+    ``out = table[max(s - max_row(s), x0_30) - x0_30]``, ``s`` (rows, T) int32/int64 scores
+    (masked keys ``-2^62``), ``out`` int16. Returns the number of refused elements (an entry
+    marked :data:`TABLE_REFUSED` was needed: the reference raises)."""
+    rows, cols = s.shape
+    refused = 0
+    for i in prange(rows):
+        mx = np.int64(s[i, 0])
+        for j in range(1, cols):
+            v = np.int64(s[i, j])
+            if v > mx:
+                mx = v
+        bad = 0
+        for j in range(cols):
+            x = np.int64(s[i, j]) - mx
+            if x < x0_30:
+                x = x0_30
+            v = table[x - x0_30]
+            bad += v == TABLE_REFUSED
+            out[i, j] = v
+        refused += bad
+    return refused
+
+
 @njit(parallel=True, cache=True)
 def softmax_normalize_rows(e, shift, out):
     """IntSoftmax's normalisation: ``factor = floor(2^32 / sum_row(e))``,
