@@ -1,14 +1,17 @@
-"""Benchmark: ibert-ref (exact and transformers datapaths) against transformers' I-BERT.
+"""Benchmark: ibert-ref's exact datapath (NumPy and compiled backends) against transformers' I-BERT.
 
 One run times, on the same random inputs, for batch 1 and 8 at seq 128 and batch 1 at seq 512:
 
-* ibert-ref exact datapath (int8 weights resident, fast exact kernels),
-* ibert-ref transformers datapath (float32 emulation of transformers, numpy GEMMs),
-* transformers ``IBertModel`` with ``quant_mode=True``,
+* ibert-ref exact datapath, NumPy backend (int8 weights resident, fast exact NumPy kernels),
+* ibert-ref exact datapath, compiled backend (numba kernels and an exact int8 GEMM),
 * transformers ``IBertModel`` with ``quant_mode=False`` (FP32, the same float weights),
+* transformers ``IBertModel`` with ``quant_mode=True``,
 
-each in its own subprocess (honest resident memory), interleaved round-robin repeat after
-repeat (machine-load drift hits all alike), and prints medians, the issue-6 ratios and memory.
+each system **alone**: a fresh process per system and round (load, first call, timed forwards,
+exit) with no other system's process alive, the order rotated from round to round; it prints
+medians with min-max, the ratios against the target (exact <= 1.0x FP32), first-call times
+(and the compiled backend's compile time with an empty cache), memory, the CPU model, the load
+average and every worker's thread settings. ``ibert_ref.commands.bench`` holds the harness.
 
 The default model is a roberta-base-shaped I-BERT (12 layers, hidden 768, 12 heads,
 intermediate 3072, vocab 50265, 514 positions) with random weights, calibrated by
@@ -17,8 +20,9 @@ and cached in ``--cache`` (default ``/tmp/ibert-bench/roberta-base-shape``); it 
 first use. ``--model DIR`` benchmarks any saved I-BERT folder instead (``--model bundled``: the
 tiny model shipped with the package).
 
-Run:  python benchmarks/bench_vs_transformers.py [--repeats 7] [--json results.json]
-Needs the verify extra (torch + transformers) for the transformers systems.
+Run:  python benchmarks/bench_vs_transformers.py [--repeats 5] [--json results.json]
+Needs the verify extra (torch + transformers) for the transformers systems, the fast extra
+(numba) for the compiled backend.
 """
 
 from __future__ import annotations
@@ -72,8 +76,10 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="where the roberta-base-shaped model is built/cached")
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), help="comma-separated BATCHxSEQ")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5, help="rounds (a fresh process per system and round)")
+    p.add_argument("--inner", type=int, default=1, help="timed forwards per shape in each process")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forwards per shape after the first call")
+    p.add_argument("--no-cold-jit", action="store_true", help="skip the empty-numba-cache compile measurement")
     p.add_argument("--keep-openblas-env", action="store_true",
                    help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for the workers (removed by default)")
     p.add_argument("--json", default=None, help="write the raw results here")
@@ -83,7 +89,7 @@ def main(argv=None) -> int:
     systems = [s for s in args.systems.split(",") if s]
     shapes = [parse_shape(s) for s in args.shapes.split(",") if s]
     result = run_benchmark(model, systems, shapes, args.repeats, args.warmup, args.keep_openblas_env,
-                           log=lambda m: print(m, file=sys.stderr))
+                           log=lambda m: print(m, file=sys.stderr), inner=args.inner, cold_jit=not args.no_cold_jit)
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

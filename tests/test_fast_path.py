@@ -633,8 +633,9 @@ def test_exp_requantize_negative_shift_is_an_error_on_both_paths():
 def test_bench_command_runs_on_the_bundled_model(capsys):
     from ibert_ref.cli import main
 
-    assert main(["bench", "--systems", "exact,transformers,gemm-floor", "--shapes", "1x8,2x8", "--repeats", "1",
+    assert main(["bench", "--systems", "exact,transformers,gemm-floor", "--shapes", "1x8,2x8", "--repeats", "2",
                  "--warmup", "0"]) == 0
     out = capsys.readouterr().out
-    assert "ibert-ref exact" in out and "| 2x8 |" in out and "weights resident" in out
+    assert "ibert-ref exact" in out and "| 2x8 |" in out and "weights resident" in out and "first call" in out
+    assert "order rotated" in out and "load average" in out and "threads ibert-ref exact (numpy)" in out
     assert "float32 GEMMs only" in out and f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '4')}" in out

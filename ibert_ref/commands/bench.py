@@ -1,20 +1,25 @@
 """``ibert-ref bench``: time ibert-ref against transformers on the same inputs, and measure memory.
 
-Each system runs in its own worker subprocess (so that its resident memory is its own): it loads
-its model once, reports its memory, then answers "run one forward of shape (B, T)" requests.
-The parent interleaves the systems round-robin, repeat after repeat, so that a change in machine
-load hits every system alike, and reports the median time of each.
+Each system is timed **alone**: a fresh worker subprocess per system and repeat loads the model,
+runs every shape (its first forward timed separately: import, JIT and first-touch costs), then
+the timed forwards, reports, and exits before the next system's worker starts — no other
+system's process (its threads, its memory) is alive while one is timed. The order of the systems
+rotates from repeat to repeat, so that a drift in machine load spreads over all of them. Every
+sample is kept; the report gives medians, spread (min-max) and per-system first-call time and
+peak memory, with the CPU model, load average and thread settings.
 
 Systems (``--systems``):
 
-``exact``          ibert-ref, exact integer datapath (int8 weights resident, fast path)
-``exact-ref``      ibert-ref, exact datapath with the reference kernels (slow; not in the default set)
-``transformers``   ibert-ref, transformers datapath (float32 emulation, numpy GEMMs)
-``tf-quant``       transformers ``IBertModel`` with ``quant_mode=True`` (needs the verify extra)
-``tf-fp32``        transformers ``IBertModel`` with ``quant_mode=False``: same weights, float32
-``gemm-floor``     only the float32 BLAS GEMMs of one forward (the model's shapes, integer-valued
-                   operands, weights already float32): a lower bound for any exact path whose
-                   GEMMs run on float32 BLAS, as the fast path's do (not in the default set)
+``exact``           ibert-ref, exact integer datapath on the NumPy backend (int8 weights resident)
+``exact-compiled``  ibert-ref, exact datapath on the compiled backend (numba kernels, exact int8
+                    GEMM; the same integers, :mod:`ibert_ref.backends`; needs the fast extra)
+``exact-ref``       ibert-ref, exact datapath with the reference kernels (slow; not in the default set)
+``transformers``    ibert-ref, transformers datapath (float32 emulation, numpy GEMMs)
+``tf-quant``        transformers ``IBertModel`` with ``quant_mode=True`` (needs the verify extra)
+``tf-fp32``         transformers ``IBertModel`` with ``quant_mode=False``: same weights, float32
+``gemm-floor``      only the float32 BLAS GEMMs of one forward (the model's shapes, integer-valued
+                    operands, weights already float32): a lower bound for any exact path whose
+                    GEMMs run on float32 BLAS, as the NumPy backend's do (not in the default set)
 
 Environment: the workers run without ``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` unless
 ``--keep-openblas-env`` (a forced core type can pick a slower kernel); the BLAS each worker
@@ -40,19 +45,19 @@ import numpy as np
 from ._args import HelpFormatter, bounded_int, model_name, nonempty
 
 SYSTEMS = {
-    "exact": "ibert-ref exact",
+    "exact": "ibert-ref exact (numpy)",
+    "exact-compiled": "ibert-ref exact (compiled)",
     "exact-ref": "ibert-ref exact (reference kernels)",
     "transformers": "ibert-ref transformers datapath",
     "tf-quant": "transformers quant_mode",
     "tf-fp32": "transformers FP32",
     "gemm-floor": "float32 GEMMs only",
 }
-DEFAULT_SYSTEMS = ("exact", "transformers", "tf-quant", "tf-fp32")
+DEFAULT_SYSTEMS = ("exact", "exact-compiled", "tf-fp32", "tf-quant")
 DEFAULT_SHAPES = ("1x128", "8x128", "1x512")
 OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-#: Targets of issue 6 (ratios measured in one run on one machine).
-TARGET_EXACT_OVER_FP32 = 1.5
-TARGET_QUANT_OVER_EXACT = 4.0
+#: Targets (ratios measured in one run on one machine): exact forward <= 1.0x transformers FP32.
+TARGET_EXACT_OVER_FP32 = 1.0
 TARGET_WEIGHT_BYTES_RATIO = 0.35
 
 
@@ -134,6 +139,31 @@ def blas_info():
     return [{k: d.get(k) for k in keep if k in d} for d in threadpool_info()]
 
 
+def thread_settings(sysobj) -> dict:
+    """The thread pools this worker uses: torch's (when imported), numba's (the compiled
+    backend), the OpenMP / BLAS environment, and the compiled backend's int8 GEMM."""
+    out = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
+                                          "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT", "MKL_NUM_THREADS")
+           if os.environ.get(k) is not None}
+    if "torch" in sys.modules:
+        out["torch_threads"] = sys.modules["torch"].get_num_threads()
+    if "numba" in sys.modules:
+        numba = sys.modules["numba"]
+        out["numba_threads"] = numba.get_num_threads()
+        try:
+            out["numba_threading_layer"] = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run
+            out["numba_threading_layer"] = None
+    dp = getattr(getattr(sysobj, "model", None), "datapath", None)
+    if getattr(dp, "int_gemm", None) is not None:
+        from ..backends import int_gemm
+
+        out["int_gemm"] = dp.int_gemm.name
+        if int_gemm.GEMM_FALLBACK_REASON:
+            out["int_gemm_note"] = int_gemm.GEMM_FALLBACK_REASON
+    return out
+
+
 class IBertRefSystem:
     """An ibert-ref model on one datapath."""
 
@@ -141,8 +171,11 @@ class IBertRefSystem:
         from ..datapath import ExactDatapath
         from ..model import IBertModel
 
-        dp = ExactDatapath(fast=False) if datapath == "exact-ref" else datapath
-        self.model = IBertModel.from_pretrained(model_path, datapath=dp)
+        if datapath == "exact-compiled":
+            self.model = IBertModel.from_pretrained(model_path, datapath="exact", backend="compiled")
+        else:
+            dp = ExactDatapath(fast=False) if datapath == "exact-ref" else datapath
+            self.model = IBertModel.from_pretrained(model_path, datapath=dp)
         self.config = self.model.config
 
     def weight_bytes(self):
@@ -259,18 +292,22 @@ def _serve(system, model_path, out) -> int:
         "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
         "pid": os.getpid(),
     }
+    info["threads"] = thread_settings(sysobj)
     if not system.startswith("tf-"):
         from ..intops import get_num_threads
 
         info["ibert_ref_threads"] = get_num_threads()
-    if system.startswith("tf-"):
-        info["torch_threads"] = sysobj.torch.get_num_threads()
     out.write(json.dumps(info) + "\n")
     out.flush()
     for line in sys.stdin:
         req = json.loads(line)
         if req["op"] == "quit":
             break
+        if req["op"] == "threads":  # after the first forward: lazily started pools included
+            out.write(json.dumps({"threads": thread_settings(sysobj), "peak_rss": peak_rss_bytes(),
+                                  "rss": rss_bytes()}) + "\n")
+            out.flush()
+            continue
         ids, mask = make_inputs(req["batch"], req["seq"], info["vocab_size"], req.get("seed", 0))
         t = time.perf_counter()
         sysobj.forward(ids, mask)
@@ -287,6 +324,7 @@ class Worker:
 
     def __init__(self, system, model_path, env):
         cmd = [sys.executable, "-m", "ibert_ref.commands.bench", "--worker", system, "--model", str(model_path)]
+        self.started = time.perf_counter()
         self.system = system
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -306,6 +344,11 @@ class Worker:
 
     def run(self, batch, seq):
         self.proc.stdin.write(json.dumps({"op": "run", "batch": batch, "seq": seq}) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def threads(self):
+        self.proc.stdin.write(json.dumps({"op": "threads"}) + "\n")
         self.proc.stdin.flush()
         return self._read()
 
@@ -379,10 +422,12 @@ def machine_info():
     except OSError:  # pragma: no cover
         pass
     versions = {"python": platform.python_version(), "numpy": np.__version__}
-    for mod in ("torch", "transformers"):
+    from importlib import metadata  # versions without importing (no thread pool in the parent)
+
+    for mod in ("torch", "transformers", "numba"):
         try:
-            versions[mod] = __import__(mod).__version__
-        except ImportError:
+            versions[mod] = metadata.version(mod)
+        except metadata.PackageNotFoundError:
             versions[mod] = None
     from .. import __version__
 
@@ -397,44 +442,94 @@ def machine_info():
     }
 
 
-def run_benchmark(model_path, systems, shapes, repeats=7, warmup=1, keep_openblas_env=False, log=print):
-    """Run every system on every shape (interleaved), return a result dict (see :func:`format_report`)."""
-    from ..progress import Progress
+def _cold_jit_seconds(model_path, env, shape, log):
+    """First forward of the compiled backend in a fresh process with an empty numba cache
+    (``NUMBA_CACHE_DIR`` a new temporary folder): the one-time compile cost a first install pays
+    (later processes load the cached machine code: the "first call" column)."""
+    import shutil
+    import tempfile
 
-    env, removed = worker_env(keep_openblas_env)
-    result = {"model": str(model_path), "machine": machine_info(), "openblas_env_removed": removed,
-              "repeats": repeats, "warmup": warmup, "systems": {}, "timings": {}}
-    workers = []
+    cache = tempfile.mkdtemp(prefix="ibert-bench-numba-")
     try:
-        for s in systems:
-            log(f"loading {SYSTEMS[s]} ...")
-            w = Worker(s, model_path, env)
-            workers.append(w)
-            result["systems"][s] = w.info
-        max_pos = min(w.info["max_positions"] for w in workers)
-        for b, t in shapes:
-            key = f"{b}x{t}"
-            if t > max_pos:
-                log(f"skipping {key}: the model has {max_pos} positions")
-                continue
-            for _ in range(warmup):
-                for w in workers:
-                    w.run(b, t)
-            times = {w.system: [] for w in workers}
-            with Progress(repeats * len(workers), desc=f"batch {b} seq {t}", unit="fwd") as bar:
-                for _ in range(repeats):
-                    for w in workers:
-                        times[w.system].append(w.run(b, t)["seconds"])
-                        bar.update()
-            result["timings"][key] = {s: {"median": statistics.median(v), "min": min(v), "all": v}
-                                      for s, v in times.items()}
-        for w in workers:
-            final = w.run(1, min(8, max_pos))
-            result["systems"][w.system]["peak_rss_forward"] = final["peak_rss"]
-            result["systems"][w.system]["rss_end"] = final["rss"]
-    finally:
-        for w in workers:
+        w = Worker("exact-compiled", model_path, {**env, "NUMBA_CACHE_DIR": cache})
+        try:
+            log("compiled backend, empty numba cache: compiling ...")
+            return w.run(*shape)["seconds"]
+        finally:
             w.close()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _spread(v):
+    v = sorted(v)
+    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "all": v}
+
+
+def run_benchmark(model_path, systems, shapes, repeats=5, warmup=1, keep_openblas_env=False, log=print,
+                  inner=1, cold_jit=True):
+    """Time every system on every shape, one system alive at a time; return a result dict
+    (see :func:`format_report`).
+
+    For each of ``repeats`` rounds, the systems run in an order rotated by one per round; each
+    run is a fresh worker process that loads the model, then per shape: one first forward
+    (recorded as the first call), ``warmup`` untimed forwards, ``inner`` timed forwards; then
+    reports its thread pools and peak memory and exits before the next worker starts.
+    ``cold_jit``: one extra compiled-backend process with an empty numba cache measures the
+    first-call compile time.
+    """
+    env, removed = worker_env(keep_openblas_env)
+    keys = [f"{b}x{t}" for b, t in shapes]
+    result = {"model": str(model_path), "machine": machine_info(), "openblas_env_removed": removed,
+              "repeats": repeats, "warmup": warmup, "inner": inner, "systems": {}, "timings": {},
+              "runs": [], "worker_env": {k: env.get(k) for k in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}}
+    samples = {s: {k: [] for k in keys} for s in systems}
+    firsts = {s: {k: [] for k in keys} for s in systems}
+    if cold_jit and "exact-compiled" in systems:
+        result["cold_jit_seconds"] = _cold_jit_seconds(model_path, env, shapes[0], log)
+    for r in range(repeats):
+        order = systems[r % len(systems):] + systems[: r % len(systems)]
+        for s in order:
+            run = {"repeat": r, "system": s, "loadavg_before": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            w = Worker(s, model_path, env)
+            try:
+                info = w.info
+                for (b, t), key in zip(shapes, keys):
+                    if t > info["max_positions"]:
+                        continue
+                    firsts[s][key].append(w.run(b, t)["seconds"])
+                    for _ in range(warmup):
+                        w.run(b, t)
+                    for _ in range(inner):
+                        samples[s][key].append(w.run(b, t)["seconds"])
+                after = w.threads()
+            finally:
+                w.close()
+            run.update(load_seconds=info["load_seconds"], peak_rss_load=info["peak_rss_load"],
+                       rss_after_load=info["rss_after_load"], rss_after_load_trimmed=info["rss_after_load_trimmed"],
+                       peak_rss_forward=after["peak_rss"] if info.get("peak_reset") else None,
+                       wall_seconds=time.perf_counter() - w.started, threads=after["threads"])
+            result["runs"].append(run)
+            result["systems"].setdefault(s, info)
+            result["systems"][s]["threads"] = after["threads"]
+            done = ", ".join(f"{k} {samples[s][k][-1] * 1e3:,.0f} ms" for k in keys if samples[s][k])
+            log(f"round {r + 1}/{repeats} {SYSTEMS[s]}: {done} (load avg {run['loadavg_before']})")
+    for key in keys:
+        row = {s: {**_spread(samples[s][key]), "first": firsts[s][key]} for s in systems if samples[s][key]}
+        if row:
+            result["timings"][key] = row
+        else:
+            log(f"skipped {key}: longer than the model's positions")
+    for s in systems:
+        mine = [run for run in result["runs"] if run["system"] == s]
+        summary = result["systems"][s]
+        summary["load_seconds_median"] = statistics.median(run["load_seconds"] for run in mine)
+        summary["peak_rss_load"] = max(run["peak_rss_load"] or 0 for run in mine) or None
+        fwd = [run["peak_rss_forward"] for run in mine if run["peak_rss_forward"]]
+        summary["peak_rss_forward"] = max(fwd) if fwd else None
+        first_key = next((k for k in keys if firsts[s][k]), None)
+        summary["first_call_seconds"] = statistics.median(firsts[s][first_key]) if first_key else None
+        summary["first_call_shape"] = first_key
     result["machine"]["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return result
 
@@ -444,86 +539,98 @@ def _mb(n):
 
 
 def ratios(result):
-    """The issue-6 ratios for each shape: exact / fp32, quant / exact, and more."""
+    """Per shape: each exact system's median over FP32's (target <= 1.0), quant_mode over each
+    exact system, and the other pairs that are there; the weight-bytes ratio."""
     out = {}
     for key, tm in result["timings"].items():
         med = {s: v["median"] for s, v in tm.items()}
         r = {}
-        if "exact" in med and "tf-fp32" in med:
-            r["exact_over_fp32"] = med["exact"] / med["tf-fp32"]
-        if "exact" in med and "tf-quant" in med:
-            r["quant_over_exact"] = med["tf-quant"] / med["exact"]
-        if "transformers" in med and "tf-quant" in med:
-            r["quant_over_ibert_transformers"] = med["tf-quant"] / med["transformers"]
+        for s in ("exact", "exact-compiled", "transformers"):
+            if s in med and "tf-fp32" in med:
+                r[f"{s}_over_fp32"] = med[s] / med["tf-fp32"]
+            if s in med and "tf-quant" in med:
+                r[f"quant_over_{s}"] = med["tf-quant"] / med[s]
+        if "exact" in med and "exact-compiled" in med:
+            r["numpy_over_compiled"] = med["exact"] / med["exact-compiled"]
         if "exact-ref" in med and "exact" in med:
             r["reference_over_fast"] = med["exact-ref"] / med["exact"]
         if "gemm-floor" in med and "tf-fp32" in med:
             r["gemm_floor_over_fp32"] = med["gemm-floor"] / med["tf-fp32"]
-        if "gemm-floor" in med and "tf-quant" in med:
-            r["quant_over_gemm_floor"] = med["tf-quant"] / med["gemm-floor"]
         out[key] = r
     systems = result["systems"]
-    if "exact" in systems and "tf-fp32" in systems:
-        out["weight_bytes_exact_over_fp32"] = (
-            systems["exact"]["weight_bytes"]["resident"] / systems["tf-fp32"]["weight_bytes"]["parameters"]
-        )
+    for s in ("exact", "exact-compiled"):
+        if s in systems and "tf-fp32" in systems:
+            out[f"weight_bytes_{s}_over_fp32"] = (
+                systems[s]["weight_bytes"]["resident"] / systems["tf-fp32"]["weight_bytes"]["parameters"]
+            )
     return out
 
 
+def _ms(v):
+    return f"{v * 1e3:,.1f}"
+
+
 def format_report(result) -> str:
-    """Markdown tables: median seconds per system and shape, ratios against the targets, memory."""
+    """Markdown: medians with spread per system and shape, the ratios against the target, first
+    calls and memory per system, and the machine, load and thread settings."""
     systems = list(result["systems"])
-    lines = [f"model: `{result['model']}`", ""]
-    head = "| batch x seq | " + " | ".join(SYSTEMS[s] for s in systems) + " |"
-    lines += [head, "|" + "---|" * (len(systems) + 1)]
+    lines = [f"model: `{result['model']}`", "",
+             "Median of the timed forwards (min-max), each system alone in its own process:", ""]
+    lines += ["| batch x seq | " + " | ".join(SYSTEMS[s] for s in systems) + " |", "|" + "---|" * (len(systems) + 1)]
     for key, tm in result["timings"].items():
-        cells = [f"{tm[s]['median'] * 1e3:,.1f} ms" for s in systems]
+        cells = [f"{_ms(tm[s]['median'])} ms ({_ms(tm[s]['min'])}-{_ms(tm[s]['max'])})" if s in tm else "-"
+                 for s in systems]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     r = ratios(result)
-    lines += ["", "| batch x seq | exact / FP32 (target <= 1.5) | quant_mode / exact (target >= 4) |"
-              " quant_mode / ibert-ref transformers |", "|---|---|---|---|"]
-    for key in result["timings"]:
-        rr = r.get(key, {})
-
-        def f(name, target=None, le=True):
-            if name not in rr:
-                return "-"
-            v = rr[name]
-            mark = "" if target is None else (" ok" if (v <= target if le else v >= target) else " MISSED")
-            return f"{v:.2f}x{mark}"
-
-        lines.append(f"| {key} | {f('exact_over_fp32', TARGET_EXACT_OVER_FP32)} | "
-                     f"{f('quant_over_exact', TARGET_QUANT_OVER_EXACT, le=False)} | "
-                     f"{f('quant_over_ibert_transformers')} |")
-    floors = [(key, r[key]) for key in result["timings"] if "gemm_floor_over_fp32" in r.get(key, {})]
-    if floors:
-        lines += ["", "| batch x seq | float32 GEMMs only / FP32 | quant_mode / float32 GEMMs only "
-                  "(the most any exact float32-BLAS path can reach) |", "|---|---|---|"]
-        for key, rr in floors:
-            q = f"{rr['quant_over_gemm_floor']:.2f}x" if "quant_over_gemm_floor" in rr else "-"
-            lines.append(f"| {key} | {rr['gemm_floor_over_fp32']:.2f}x | {q} |")
-    lines += ["", "| system | weights resident (MiB) | RSS after load / trimmed (MiB) | peak RSS loading (MiB) "
-              "| peak RSS forwards (MiB) | load (s) |", "|---|---|---|---|---|---|"]
+    cols = [(f"{s}_over_fp32", f"{SYSTEMS[s]} / FP32 (target <= {TARGET_EXACT_OVER_FP32:g})", TARGET_EXACT_OVER_FP32)
+            for s in ("exact", "exact-compiled") if s in systems and "tf-fp32" in systems]
+    cols += [(f"quant_over_{s}", f"quant_mode / {SYSTEMS[s]}", None)
+             for s in ("exact", "exact-compiled", "transformers") if s in systems and "tf-quant" in systems]
+    if "exact" in systems and "exact-compiled" in systems:
+        cols.append(("numpy_over_compiled", "numpy / compiled backend", None))
+    if "gemm-floor" in systems and "tf-fp32" in systems:
+        cols.append(("gemm_floor_over_fp32", "float32 GEMMs only / FP32", None))
+    if cols:
+        lines += ["", "| batch x seq | " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+        for key in result["timings"]:
+            cells = []
+            for name, _, target in cols:
+                v = r.get(key, {}).get(name)
+                mark = "" if v is None or target is None else (" met" if v <= target else " MISSED")
+                cells.append("-" if v is None else f"{v:.2f}x{mark}")
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "| system | first call (s) | weights resident (MiB) | RSS after load / trimmed (MiB) "
+              "| peak RSS loading (MiB) | peak RSS forwards (MiB) | load (s) |", "|---|---|---|---|---|---|---|"]
     for s in systems:
         info = result["systems"][s]
-        fwd = _mb(info.get("peak_rss_forward")) if info.get("peak_reset") else "n/a"
-        lines.append(f"| {SYSTEMS[s]} | {_mb(info['weight_bytes']['resident'])} | {_mb(info['rss_after_load'])} / "
-                     f"{_mb(info['rss_after_load_trimmed'])} | {_mb(info['peak_rss_load'])} | {fwd} | "
-                     f"{info['load_seconds']:.1f} |")
-    if "weight_bytes_exact_over_fp32" in r:
-        v = r["weight_bytes_exact_over_fp32"]
-        lines += ["", f"ibert-ref exact weights / FP32 parameters: {v:.3f}x "
-                      f"(target <= {TARGET_WEIGHT_BYTES_RATIO}: {'ok' if v <= TARGET_WEIGHT_BYTES_RATIO else 'MISSED'})"]
+        first = "-" if info.get("first_call_seconds") is None else f"{info['first_call_seconds']:.2f} ({info['first_call_shape']})"
+        if s == "exact-compiled" and "cold_jit_seconds" in result:
+            first += f"; empty numba cache {result['cold_jit_seconds']:.1f}"
+        lines.append(f"| {SYSTEMS[s]} | {first} | {_mb(info['weight_bytes']['resident'])} | "
+                     f"{_mb(info['rss_after_load'])} / {_mb(info['rss_after_load_trimmed'])} | "
+                     f"{_mb(info.get('peak_rss_load'))} | {_mb(info.get('peak_rss_forward'))} | "
+                     f"{info.get('load_seconds_median', info['load_seconds']):.1f} |")
+    for s in ("exact", "exact-compiled"):
+        name = f"weight_bytes_{s}_over_fp32"
+        if name in r:
+            v = r[name]
+            lines += ["", f"{SYSTEMS[s]} weights / FP32 parameters: {v:.3f}x "
+                          f"(target <= {TARGET_WEIGHT_BYTES_RATIO}: {'met' if v <= TARGET_WEIGHT_BYTES_RATIO else 'MISSED'})"]
     m = result["machine"]
-    first = result["systems"].get("exact", next(iter(result["systems"].values())))
-    blas = first["blas"]
+    loads = [run["loadavg_before"][0] for run in result["runs"] if run.get("loadavg_before")]
     lines += ["", f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; {m['date']}",
               "versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
-              f"numpy BLAS: {blas}; OPENBLAS_THREAD_TIMEOUT={first.get('openblas_thread_timeout')}; "
-              f"ibert-ref row-block threads: {first.get('ibert_ref_threads', '-')}",
-              f"load average start/end: {m['loadavg_start']} / {m.get('loadavg_end')}; "
-              f"repeats {result['repeats']} (median), warmup {result['warmup']}; "
-              f"OpenBLAS env removed: {result['openblas_env_removed'] or 'none set'}"]
+              f"load average (1 min) at start {m['loadavg_start'][0]:.2f}, before each worker "
+              f"{min(loads):.2f}-{max(loads):.2f}, at end {m['loadavg_end'][0]:.2f}" if loads and m.get("loadavg_start")
+              else "load average: n/a",
+              f"repeats {result['repeats']} (a fresh process per system and repeat, order rotated), "
+              f"{result['inner']} timed forward(s) per shape per process after {result['warmup']} warm-up; "
+              f"OpenBLAS env removed: {result['openblas_env_removed'] or 'none set'}",
+              "worker env: " + ", ".join(f"{k}={v}" for k, v in result["worker_env"].items())]
+    for s in systems:
+        info = result["systems"][s]
+        th = ", ".join(f"{k}={v}" for k, v in info.get("threads", {}).items())
+        lines.append(f"threads {SYSTEMS[s]}: {th or '-'}; numpy BLAS: {info['blas']}")
     return "\n".join(lines)
 
 
@@ -532,10 +639,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="time ibert-ref against transformers (quant_mode and FP32) and measure memory",
-        description="Time one forward pass of each system on the same random inputs (median of "
-        "interleaved repeats, each system in its own subprocess), print the ratios against the "
-        "targets (exact <= 1.5x transformers FP32, >= 4x faster than quant_mode) and each "
-        "model's weights and resident memory. transformers systems need the verify extra.",
+        description="Time one forward pass of each system on the same random inputs, each system "
+        "alone (a fresh process per system and round, order rotated; medians and spread), print "
+        "the ratios against the target (exact <= 1.0x transformers FP32), first-call times and "
+        "each model's weights and memory. transformers systems need the verify extra.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default=None, type=model_name,
@@ -544,10 +651,14 @@ def add_parser(sub) -> None:
                    help="comma-separated, from: " + ", ".join(SYSTEMS))
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES), type=shape_list,
                    help="comma-separated BATCHxSEQ (shapes longer than the model's positions are skipped)")
-    p.add_argument("--repeats", type=bounded_int(1, None, "count"), default=7,
-                   help="timed forwards per system and shape (median reported)")
+    p.add_argument("--repeats", type=bounded_int(1, None, "count"), default=5,
+                   help="rounds: a fresh process per system and round, systems in rotated order")
+    p.add_argument("--inner", type=bounded_int(1, None, "count"), default=1,
+                   help="timed forwards per shape in each process (median over all reported)")
     p.add_argument("--warmup", type=bounded_int(0, None, "count"), default=1,
-                   help="untimed forwards per system and shape")
+                   help="untimed forwards per shape after the (separately reported) first call")
+    p.add_argument("--no-cold-jit", action="store_true",
+                   help="skip the compiled backend's empty-cache compile measurement")
     p.add_argument("--keep-openblas-env", action="store_true",
                    help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE in the workers' environment")
     p.add_argument("--json", default=None, type=nonempty("file name"),
@@ -579,7 +690,8 @@ def run(args) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    result = run_benchmark(model, systems, shapes, args.repeats, args.warmup, args.keep_openblas_env, log)
+    result = run_benchmark(model, systems, shapes, args.repeats, args.warmup, args.keep_openblas_env, log,
+                           inner=args.inner, cold_jit=not args.no_cold_jit)
     print(format_report(result))
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=2))
