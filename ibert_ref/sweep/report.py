@@ -259,8 +259,8 @@ def plot_summary(path, rows: Sequence[dict], title: str = "") -> None:
             for r, x, y in zip(rs, xs, ys):
                 if r["overflow_count"]:
                     ax1.plot([x], [y], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="red")
-                    ax1.annotate(_count(r["overflow_count"]), (x, y), textcoords="offset points", xytext=(7, -3),
-                                 fontsize=7, color="red")
+                    ax1.annotate(_count(r["overflow_count"]), (x, y), textcoords="offset points",
+                                 xytext=(8, -4 - 9 * (n % 3)), fontsize=7, color="red")
         ax1.set_xlabel("accumulator bits (acc_bits)")
         ax1.set_xticks(sorted({r["acc_bits"] for r in swept}))
         ax1.set_title("int8 codes equal to the exact datapath vs accumulator width\n"
