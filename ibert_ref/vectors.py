@@ -50,6 +50,7 @@ import numpy as np
 from . import intops
 from . import kernels as K
 from .datapath import QTensor
+from .input_files import read_input_ids  # noqa: F401 - public here since the vectors API has it
 from .quant import F32, Dyadic, bits_needed_signed
 
 FORMAT_VERSION = 1
@@ -130,57 +131,6 @@ def read_hex(path, bits: int, shape: Optional[Sequence[int]] = None) -> np.ndarr
 
 # ---------------------------------------------------------------------------------------
 # Input ids from a file (CLI --input-ids)
-def read_input_ids(path, pad_token_id: int = 1):
-    """Token ids from a file: ``.npy`` (2-D or 1-D ints), ``.npz`` (``input_ids`` and optional
-    ``attention_mask``), ``.json`` (a list of id lists, or ``{"input_ids": ..., "attention_mask": ...}``)
-    or text (one sequence per line, ids separated by spaces or commas). Ragged sequences are
-    right-padded with ``pad_token_id``. Returns ``(input_ids, attention_mask)`` int64."""
-    path = os.fspath(path)
-    mask = None
-    if path.endswith(".npy"):
-        seqs = np.load(path, allow_pickle=False)
-    elif path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            if "input_ids" not in z:
-                raise ValueError(f"{path}: no 'input_ids' array")
-            seqs = z["input_ids"]
-            mask = z["attention_mask"] if "attention_mask" in z else None
-    elif path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-        if isinstance(obj, dict):
-            seqs, mask = obj.get("input_ids"), obj.get("attention_mask")
-            if seqs is None:
-                raise ValueError(f"{path}: no 'input_ids' key")
-        else:
-            seqs = obj
-    else:
-        with open(path, encoding="utf-8") as f:
-            seqs = [[int(t) for t in line.replace(",", " ").split()] for line in f if line.strip()]
-    if isinstance(seqs, np.ndarray):
-        if not np.issubdtype(seqs.dtype, np.integer):
-            raise ValueError(f"{path}: input ids must be integers, got {seqs.dtype}")
-        ids = seqs.astype(np.int64)
-        ids = ids[None, :] if ids.ndim == 1 else ids
-        mask = np.ones_like(ids) if mask is None else np.asarray(mask, dtype=np.int64).reshape(ids.shape)
-        return ids, mask
-    if seqs and not isinstance(seqs[0], (list, tuple)):
-        seqs = [seqs]
-    if not seqs or any(len(s) == 0 for s in seqs):
-        raise ValueError(f"{path}: no token ids (or an empty sequence)")
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_token_id, dtype=np.int64)
-    auto_mask = np.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = [int(t) for t in s]
-        auto_mask[i, : len(s)] = 1
-    if mask is not None:
-        auto_mask = np.full_like(ids, 0)
-        for i, m in enumerate(mask):
-            auto_mask[i, : len(m)] = m
-    return ids, auto_mask
-
-
 # ---------------------------------------------------------------------------------------
 # The op graph: (name, kernel, input names, params attribute)
 @dataclass(frozen=True)

@@ -301,7 +301,7 @@ BAD_ID_FILES = [
     ("latin1.json", b"[[0, 5]] \xe9", "not UTF-8"),
     ("words.txt", "0 5 abc\n", "line 1: 'abc' is not an integer"),
     ("float.txt", "0 5\n0 5.5 2\n", "line 2: '5.5' is not an integer"),
-    ("blank.txt", "\n\n", "no non-empty lines"),
+    ("blank.txt", "\n\n", "no token ids (every line is empty)"),
     ("latin1.txt", b"0 5\n\xe9\n", "line 2 is not UTF-8"),
     ("float.npy", np.array([[0.0, 5.0]]), "dtype float64"),
     ("bool.npy", np.array([[True, False]]), "dtype bool"),

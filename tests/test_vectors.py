@@ -158,6 +158,20 @@ def test_read_input_ids_formats(tmp_path):
         read_input_ids(tmp_path / "d.txt")
 
 
+def test_read_input_ids_refuses_what_the_model_api_refuses(tmp_path):
+    """The library reader (also behind ``--input-ids``) never truncates or pads silently."""
+    cases = {
+        "floats.json": ({"input_ids": [[0, 31.9, 414.7, 2]]}, "input_ids\\[0\\]\\[1\\] is 31.9"),
+        "short_mask.json": ({"input_ids": [[0, 5, 2]], "attention_mask": [[1, 0.7]]}, "exactly the ids' shape"),
+        "mask_value.json": ({"input_ids": [[0, 5, 2]], "attention_mask": [[1, 2, 1]]}, "must be 0 or 1"),
+        "huge.json": ({"input_ids": [[0, 1e300, 2]]}, "must be integers"),
+    }
+    for name, (obj, pattern) in cases.items():
+        (tmp_path / name).write_text(json.dumps(obj))
+        with pytest.raises(ValueError, match=pattern):
+            read_input_ids(tmp_path / name)
+
+
 def test_cli_vectors_writes_a_folder_that_reruns(tmp_path, capsys):
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("0 100 200 2\n")

@@ -8,6 +8,8 @@ import argparse
 import math
 import re
 
+from ..input_files import printable
+
 __all__ = [
     "HelpFormatter", "ArgError", "bounded_int", "bounded_float", "nonempty", "model_name", "input_text",
     "layer_list", "profile_option", "profile_option_names", "check_utf8", "printable",
@@ -27,19 +29,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if re.search(r"\bdefault\b", text) or action.default in (None, False, [], (), argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
-
-
-def printable(text: str) -> str:
-    """``text`` with any lone surrogate (an undecodable byte from argv) shown as ``\\xNN``."""
-    out = []
-    for ch in text:
-        if 0xDC80 <= ord(ch) <= 0xDCFF:
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        elif 0xD800 <= ord(ch) <= 0xDFFF:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def check_utf8(text: str, what: str) -> str:
