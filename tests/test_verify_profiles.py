@@ -109,6 +109,16 @@ def test_cli_verify_under_a_profile_passes(capsys):
     assert "unexplained differences: 0  -> OK" in out
 
 
+def test_cli_verify_takes_profile_options(capsys):
+    argv = ["verify", "--text", "Hello world", "--datapath", "generic",
+            "--profile-option", "acc_bits=16", "--profile-option", "overflow=saturate"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "saturated in 16 bits" in out and "unexplained differences: 0  -> OK" in out
+    assert main(["verify", "--text", "Hello world", "--profile-option", "acc_bits=16"]) == 2  # not a profile
+    assert "--profile-option applies to the hardware profiles" in capsys.readouterr().err
+
+
 def test_768_wide_model_profiles_have_no_unexplained_difference(tmp_path):
     """A random calibrated 768-wide model (12 heads, intermediate 3072; transformers builds it)."""
     pytest.importorskip("torch")

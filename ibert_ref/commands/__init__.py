@@ -30,16 +30,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         choices=("numpy", "torch"),
         help="float32 GEMM order for --datapath transformers (torch needs the verify extra)",
     )
+    add_profile_option(p)
+
+
+def add_profile_option(p: argparse.ArgumentParser) -> None:
+    """--profile-option KEY=VALUE (repeatable), checked against the profiles' parameters."""
+    from ._args import _profile_values
+
+    listed = ", ".join(f"{k}={'|'.join(v)}" if isinstance(v, tuple) else f"{k}=N" for k, v in _profile_values().items())
     p.add_argument(
         "--profile-option",
         action="append",
         default=[],
         type=profile_option,
         metavar="KEY=VALUE",
-        help="hardware profile parameter, repeatable: acc_bits=24, overflow=wrap|saturate|raise|exact, "
-        "k_step=32|none, requant=ibert|arm|gemmlowp|tflite-double|tflite-single|cutlass-f32, "
-        "exp=fold|shift-right|left-shift, gelu=wide|int32, ln_var=int64|uint32|int32-sat, "
-        "sqrt=isqrt|float32, probs=u9|u8-sat (see docs/hardware.md)",
+        help=f"hardware profile parameter, repeatable (see docs/hardware.md): {listed}",
     )
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..datapath import available_datapaths
-from . import add_hub_options, hub_kwargs, model_source
+from . import add_hub_options, add_profile_option, build_datapath, hub_kwargs, model_source
 from ._args import HelpFormatter, input_text, model_name, nonempty
 
 
@@ -65,6 +65,7 @@ def add_parser(sub) -> None:
                    help="our datapath: transformers (expect 100%% agreement with --gemm torch), exact, or a profile")
     p.add_argument("--gemm", default="torch", choices=("numpy", "torch"),
                    help="float32 GEMM order of the transformers datapath")
+    add_profile_option(p)
     p.add_argument("--mode", default="both", choices=("replay", "e2e", "both"), help="which comparison(s) to print")
     p.add_argument("--all-ops", action="store_true", help="list every op, not only the differing ones")
     p.add_argument("--json", default=None, metavar="FILE", type=nonempty("file name"),
@@ -116,7 +117,7 @@ def run_verify(args) -> int:
     except ImportError as exc:  # torch / transformers missing
         raise ImportError(f"verify needs the verify extra (pip install 'ibert-ref[verify]'): {exc}") from exc
     modes = ("replay", "e2e")
-    report = verify(folder, input_ids=ids, attention_mask=mask, datapath=args.datapath,
+    report = verify(folder, input_ids=ids, attention_mask=mask, datapath=build_datapath(args),
                     gemm=args.gemm if args.datapath == "transformers" else "numpy", modes=modes)
     shown = None if args.mode == "both" else args.mode
     print(report.format(mode=shown, only_differing=not args.all_ops))
