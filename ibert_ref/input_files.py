@@ -167,50 +167,6 @@ def _read_text_ids(path):
     return rows
 
 
-def read_ids_file(path, pad_token_id: int = 1):
-    """``(input_ids, attention_mask)`` (int64) from ``.npy`` / ``.npz`` / ``.json`` / text, with
-    the model API's rules: integer ids only (no floats, bools or strings, nothing beyond int64),
-    an attention_mask of exactly the ids' shape holding 0/1, no empty sequence. Ragged id rows
-    (without a mask) are right-padded with ``pad_token_id`` and masked. Raises :class:`ArgError`
-    naming the file and the offending entry."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        _fail(path, "no such file" if not os.path.exists(path) else "not a file")
-    lower = path.lower()
-    if lower.endswith((".npy", ".npz")):
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except Exception as exc:  # ValueError (pickled object arrays), OSError, zipfile errors ...
-            _fail(path, f"cannot read it as {lower[-4:]}: {exc}")
-        if lower.endswith(".npy"):
-            return _from_arrays(path, loaded, None)
-        with loaded as z:
-            if "input_ids" not in z.files:
-                _fail(path, f"no 'input_ids' array (arrays: {', '.join(z.files) or 'none'})")
-            unknown = sorted(set(z.files) - {"input_ids", "attention_mask"})
-            if unknown:
-                _fail(path, f"unexpected array(s) {unknown}; expected input_ids and optionally attention_mask")
-            try:
-                ids, mask = z["input_ids"], (z["attention_mask"] if "attention_mask" in z.files else None)
-            except ValueError as exc:
-                _fail(path, f"cannot read an array: {exc}")
-        return _from_arrays(path, ids, mask)
-    if lower.endswith(".json"):
-        obj = _read_json(path)
-        mask = None
-        if isinstance(obj, dict):
-            unknown = sorted(set(obj) - {"input_ids", "attention_mask"})
-            if unknown:
-                _fail(path, f"unexpected key(s) {unknown}; expected input_ids and optionally attention_mask")
-            if "input_ids" not in obj:
-                _fail(path, "no 'input_ids' key")
-            obj, mask = obj["input_ids"], obj.get("attention_mask")
-        return _from_lists(path, obj, mask, pad_token_id)
-    return _from_lists(path, _read_text_ids(path), None, pad_token_id)
-
-
-
-
 def read_input_ids(path, pad_token_id: int = 1):
     """``(input_ids, attention_mask)`` (int64) from ``.npy`` / ``.npz`` / ``.json`` / text, with
     the model API's rules: integer ids only (no floats, bools or strings, nothing beyond int64),
