@@ -449,3 +449,43 @@ def test_float_model_cosines(client, texts_file, tmp_path):
     assert 0.5 < exact["cos_pooled_float_mean"] < 1.0 and exact["cos_pooled_float_min"] <= exact["cos_pooled_float_mean"]
     assert wide["cos_pooled_float_mean"] == exact["cos_pooled_float_mean"]  # same integers as exact
     assert narrow["cos_pooled_float_mean"] < exact["cos_pooled_float_mean"]
+
+
+# ---------------------------------------------------------------------------------------
+# verify / vectors over many inputs on the same engine
+def test_vectors_many_writes_one_folder_per_input_and_resumes(client, tmp_path):
+    from ibert_ref.sweep.many import vectors_many
+    from ibert_ref.vectors import load_vectors, rerun_op
+
+    model = str(default_model_path())
+    inputs, _, _ = read_inputs(ModelSpec(model), texts=SENTENCES[:5])
+    out = tmp_path / "vec"
+    index = vectors_many(model, inputs, out, client=client, shard_size=2, progress=False)
+    assert index["folders"] == [f"input-{i:05d}" for i in range(5)] and index["shards_run"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["index.json"] + index["folders"]  # no temporary folder left
+    for i in (0, 4):
+        assert load_vectors(out / f"input-{i:05d}")[1]["input_ids"].tolist() == [inputs.ids[i]]
+    manifest, arrays = load_vectors(out / "input-00003")
+    entry = manifest["ops"][5]
+    assert np.array_equal(rerun_op(entry, arrays, manifest), arrays[entry["npz_key"]])  # each folder re-runs alone
+    # a lost folder is rebuilt, the others are kept
+    import shutil
+
+    shutil.rmtree(out / "input-00002")
+    again = vectors_many(model, inputs, out, client=client, shard_size=2, resume=True, progress=False)
+    assert again["shards_run"] == 1 and (out / "input-00002" / "manifest.json").exists()
+
+
+def test_verify_many_sums_the_verdicts(client, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from ibert_ref.sweep.many import verify_many
+
+    model = str(default_model_path())
+    inputs, _, _ = read_inputs(ModelSpec(model), texts=SENTENCES[:4])
+    summary = verify_many(model, inputs, tmp_path / "ver", datapath="transformers", gemm="torch", client=client,
+                          shard_size=2, progress=False)
+    assert summary["ok"] and summary["unexplained"] == 0 and summary["batches"] == 4
+    e2e = summary["totals"]["e2e"]
+    assert e2e["elements"] == e2e["equal"] > 0  # transformers datapath + torch GEMM: bit-equal
+    assert json.loads((tmp_path / "ver" / "verify.json").read_text()) == summary
