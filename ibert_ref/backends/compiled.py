@@ -274,7 +274,37 @@ class CompiledDatapath(ExactDatapath):
             return self._torch.matmul(a, b).numpy()
         return np.matmul(a, b)
 
+    def _int8_heads(self, a, num_heads, transpose=False):
+        """(B, T, H) int8 -> C-contiguous (B, nh, T, hd) int8 heads ((B, nh, hd, T) if ``transpose``)."""
+        b, t, h = a.shape
+        heads = a.reshape(b, t, num_heads, h // num_heads)
+        return np.ascontiguousarray(heads.transpose(0, 2, 3, 1) if transpose else heads.transpose(0, 2, 1, 3))
+
     def attention_scores(self, q, k, num_heads, mask, score_scale_f32):
+        """``Q K^T`` per head: the exact int8 GEMM (int32, ``hd * 2^14`` at most) when the GEMM
+        is ``torch._int_mm`` and both operands are int8, else :meth:`_attention_scores_f32`;
+        masked keys get the ``-2^62`` sentinel (int64) in one compiled pass."""
+        qd, kd = np.asarray(q.data), np.asarray(k.data)
+        if (self._torch is None or self.oplog is not None or qd.ndim != 3 or qd.shape != kd.shape or qd.size == 0
+                or qd.dtype != np.int8 or kd.dtype != np.int8):
+            return self._attention_scores_f32(q, k, num_heads, mask, score_scale_f32)
+        b, t, _ = qd.shape
+        torch = self._torch
+        qh = torch.from_numpy(self._int8_heads(qd, num_heads))
+        kh = torch.from_numpy(self._int8_heads(kd, num_heads))
+        scores = np.empty((b, num_heads, t, t), dtype=np.int32)
+        out = torch.from_numpy(scores)
+        for bi in range(b):
+            for hi in range(num_heads):
+                torch._int_mm(qh[bi, hi], kh[bi, hi].t(), out=out[bi, hi])
+        if mask is None or np.all(mask):
+            return scores
+        keep = np.ascontiguousarray(np.asarray(mask).astype(bool).astype(np.uint8))
+        masked = np.empty(scores.shape, dtype=I64)
+        ck.mask_scores(scores.reshape(-1, t), keep, masked.reshape(-1, t))
+        return masked
+
+    def _attention_scores_f32(self, q, k, num_heads, mask, score_scale_f32):
         """``Q K^T`` per head on float32 (exact: ``hd * max|q| * max|k| <= 2^24``), then one
         compiled pass to int32 (int64 with the ``-2^62`` sentinel on masked keys)."""
         qd, kd = np.asarray(q.data), np.asarray(k.data)
@@ -294,6 +324,32 @@ class CompiledDatapath(ExactDatapath):
         return out.reshape(b, num_heads, t, t)
 
     def attention_context(self, p, v, num_heads, scale_f32):
+        """``P V`` per head by the exact int8 GEMM when every probability is in [0, 255]:
+        ``P V = (P - 128) V + 128 * sum_rows(V)`` with ``P - 128`` and ``V`` int8 (int32 sums,
+        ``T * 2^14`` at most), heads merged by one compiled pass; else
+        :meth:`_attention_context_f32`."""
+        pd, vd = np.asarray(p.data), np.asarray(v.data)
+        if (self._torch is None or self.oplog is not None or pd.ndim != 4 or vd.ndim != 3 or pd.size == 0
+                or pd.dtype not in _INTS or vd.dtype != np.int8 or pd.shape[-1] != vd.shape[1]):
+            return self._attention_context_f32(p, v, num_heads, scale_f32)
+        b, nh, t, t_k = pd.shape
+        p8 = np.empty(pd.shape, dtype=np.int8)
+        if ck.probs_minus_128(np.ascontiguousarray(pd).reshape(-1, t_k), p8.reshape(-1, t_k)):
+            return self._attention_context_f32(p, v, num_heads, scale_f32)  # a 256 (one live key)
+        torch = self._torch
+        hd = vd.shape[-1] // nh
+        vt = torch.from_numpy(self._int8_heads(vd, nh, transpose=True))  # (B, nh, hd, T): V^T rows
+        colsum = vd.reshape(b, t_k, nh, hd).sum(axis=1, dtype=np.int32)  # (B, nh, hd)
+        heads = np.empty((b, nh, t, hd), dtype=np.int32)
+        out, p8t = torch.from_numpy(heads), torch.from_numpy(p8)
+        for bi in range(b):
+            for hi in range(nh):
+                torch._int_mm(p8t[bi, hi], vt[bi, hi].t(), out=out[bi, hi])
+        ctx = np.empty((b, t, nh * hd), dtype=np.int32)
+        ck.merge_heads_plus(heads, np.ascontiguousarray(colsum), ctx)
+        return QTensor(ctx, np.asarray(scale_f32, dtype=np.float32))
+
+    def _attention_context_f32(self, p, v, num_heads, scale_f32):
         """``P V`` per head on float32 (exact: ``T * max|p| * max|v| <= 2^24``), heads merged
         into (B, T, H) int32 by one compiled pass."""
         pd, vd = np.asarray(p.data), np.asarray(v.data)

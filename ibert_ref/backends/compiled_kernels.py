@@ -582,3 +582,51 @@ def merge_heads_from_f32(ctx, out):
             for d in range(hd):
                 out[bi, ti, h * hd + d] = np.int32(ctx[bi, h, ti, d])
     return 0
+
+
+@njit(parallel=True, cache=True)
+def mask_scores(s, keep, out):
+    """Masked attention scores: ``out = s`` where the key is live, ``-2^62`` where ``keep == 0``
+    (the exact datapath's minus-infinity sentinel). ``s`` (B * heads * T, T) int32 from the
+    exact int8 GEMM, ``keep`` (B, T) uint8, ``out`` int64."""
+    rows, cols = s.shape
+    per_batch = rows // keep.shape[0]
+    for i in prange(rows):
+        bi = i // per_batch
+        for j in range(cols):
+            out[i, j] = np.int64(s[i, j]) if keep[bi, j] != 0 else -SAT
+    return 0
+
+
+@njit(parallel=True, cache=True)
+def probs_minus_128(p, out):
+    """``out = p - 128`` as int8, for probabilities ``p`` in ``[0, 255]``: the int8 operand of the
+    context GEMM, ``P V = (P - 128) V + 128 * sum_rows(V)`` (exact). Returns how many ``p`` fall
+    outside ``[0, 255]`` (256 — a row with a single live key — or negative: the caller then
+    takes another exact route; ``out`` unspecified)."""
+    rows, cols = p.shape
+    outside = 0
+    for i in prange(rows):
+        bad = 0
+        for j in range(cols):
+            v = np.int64(p[i, j])
+            bad += v < 0 or v > 255
+            out[i, j] = v - 128
+        outside += bad
+    return outside
+
+
+@njit(parallel=True, cache=True)
+def merge_heads_plus(ctx, colsum, out):
+    """Attention context from the int8 GEMM of :func:`probs_minus_128`, heads merged:
+    ``out[b, t, h * hd + d] = ctx[b, h, t, d] + 128 * colsum[b, h, d]`` (int32; ``colsum`` the
+    per-head column sums of V, so the sum is ``sum_s P[t, s] V[s, d]`` exactly)."""
+    nb, nh, nt, hd = ctx.shape
+    for bt in prange(nb * nt):
+        bi = bt // nt
+        ti = bt - bi * nt
+        for h in range(nh):
+            for d in range(hd):
+                out[bi, ti, h * hd + d] = ctx[bi, h, ti, d] + 128 * colsum[bi, h, d]
+    return 0
+
