@@ -389,6 +389,7 @@ def test_scheduler_option_runs_on_a_separately_started_cluster(reference, texts_
     assert time.time() - t0 < 30
     err = capsys.readouterr().err.strip()
     assert "cannot connect" in err and "\n" not in err
+    assert not (tmp_path / "o2").exists()  # nothing written: the same command can simply be rerun
 
 
 # ---------------------------------------------------------------------------------------

@@ -73,8 +73,9 @@ def run(args) -> int:
         from ..data import default_model_path
 
         args.model = str(default_model_path())
-    if args.float_model is not None and not os.path.exists(args.float_model):
-        raise FileNotFoundError(f"--float-model {args.float_model}: no such folder")
+    fm = args.float_model
+    if fm is not None and not os.path.exists(fm) and (fm.startswith((os.sep, ".", "~")) or fm.count("/") != 1):
+        raise FileNotFoundError(f"--float-model {fm}: no such folder (give a local folder or a Hub id)")
     spec = ModelSpec(model=args.model, revision=args.revision, cache_dir=args.cache_dir,
                      local_files_only=args.local_files_only, float_model=args.float_model)
     inputs, classification, _ = read_inputs(spec, texts_path=args.texts, ids_path=args.ids, max_length=args.max_length)

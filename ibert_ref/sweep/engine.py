@@ -289,7 +289,9 @@ _MANIFEST_WHAT = {
 }
 
 
-def _prepare_out(out: Path, manifest: dict, resume: bool) -> None:
+def _prepare_out(out: Path, manifest: dict, resume: bool) -> dict:
+    """Check ``out`` against ``manifest`` (raises before anything is written); returns the
+    manifest to write once the sweep starts (the grid merged with the stored one)."""
     mpath = out / "sweep.json"
     if out.exists() and not out.is_dir():
         raise SweepError(f"--out {out}: exists and is not a folder")
@@ -316,7 +318,11 @@ def _prepare_out(out: Path, manifest: dict, resume: bool) -> None:
     for g in manifest.get("grid", []):
         if g["config_id"] not in known:
             merged.append(g)
-    _atomic_write_text(mpath, json.dumps(dict(manifest, grid=merged), indent=1) + "\n")
+    return dict(manifest, grid=merged)
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    _atomic_write_text(out / "sweep.json", json.dumps(manifest, indent=1) + "\n")
 
 
 def _point_json(p: GridPoint) -> dict:
@@ -411,7 +417,7 @@ def run_sweep(
     shards = make_shards(inputs, batch_size, shard_size)
     manifest = _manifest(spec, inputs, batch_size, shard_size, max_length)
     manifest["grid"] = [_point_json(p) for p in points]
-    _prepare_out(out, manifest, resume)
+    merged = _prepare_out(out, manifest, resume)
     todo = {}  # shard -> [point json or None (the exact row)]
     total = reused = 0
     for s in shards:
@@ -425,6 +431,7 @@ def run_sweep(
     run = SweepRun(out=out, points=list(points), shards=len(shards), sentences=len(inputs.ids),
                    tasks_total=total, tasks_reused=reused)
     if not todo:
+        _write_manifest(out, merged)
         return run
 
     from . import work
@@ -434,6 +441,7 @@ def run_sweep(
     if own:
         client, cluster = _start_client(workers, scheduler, connect_timeout)
     try:
+        _write_manifest(out, merged)  # only now: a sweep that could not start leaves --out as it was
         from distributed import as_completed
 
         try:
