@@ -190,6 +190,19 @@ def test_inputs_and_out_folder_errors(tmp_path, texts_file, capsys):
         assert not out.exists()
 
 
+def test_ids_file_inputs(tmp_path, capsys):
+    spec = ModelSpec(model=str(default_model_path()))
+    ids = tmp_path / "ids.txt"
+    ids.write_text("0 100 200 2\n\n0, 7, 8, 9, 2\n")
+    inputs, classification, _ = read_inputs(spec, ids_path=str(ids))
+    assert inputs.ids == [[0, 100, 200, 2], [0, 7, 8, 9, 2]] and inputs.labels is None and not classification
+    for line, message in (("0 100000 2", "token id 100000 is outside [0, 1024)"), ("0 x 2", "not a list of integer")):
+        ids.write_text(line + "\n")
+        assert main(["sweep", "--ids", str(ids), "--out", str(tmp_path / "o"), "--grid", "acc_bits=24"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"ids.txt:1: {message}" in err and "\n" not in err
+
+
 # ---------------------------------------------------------------------------------------
 # Shards and determinism
 def test_shards_are_whole_equal_length_batches(texts_file):

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-import numpy as np
 
 from .grid import GridPoint
 from .work import EXACT_ID, ModelSpec
@@ -467,7 +466,8 @@ def run_sweep(
                 else:
                     f = client.submit(work.run_config, spec, pj, shard, base,
                                       key=f"ibert-sweep-{token}-{pj['config_id']}-{sid}", priority=prio, pure=False)
-                kind[f.key] = (sid, EXACT_ID if pj is None else pj["config_id"], len([i for b in shard["batches"] for i in b["indices"]]))
+                n_sent = sum(len(b["indices"]) for b in shard["batches"])
+                kind[f.key] = (sid, EXACT_ID if pj is None else pj["config_id"], n_sent)
                 pending[f.key] = f
         bar = None
         if tqdm is not None:
@@ -481,6 +481,9 @@ def run_sweep(
                     exc = fut.exception()
                     msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
                     raise SweepError(f"task {cid} on shard {sid} failed on a worker: {msg}")
+                if fut.status != "finished":
+                    raise SweepError(f"task {cid} on shard {sid} was {fut.status} (the scheduler or its workers went "
+                                     "away?); finished tasks are stored: rerun with --resume")
                 res = fut.result()
                 res["label"] = "exact (baseline)" if cid == EXACT_ID else next(p.label for p in points if p.config_id == cid)
                 _atomic_write_text(task_path(out, cid, sid), json.dumps(res, separators=(",", ":")) + "\n")

@@ -26,7 +26,7 @@ import hashlib
 import itertools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 __all__ = ["GridError", "GridPoint", "parse_grid", "parse_spec", "load_grid_file", "PARAMETERS", "ALIASES"]
