@@ -417,6 +417,40 @@ def test_linear_and_attention_equal_reference(data):
         same(dp.attention_context(p, v, heads, ONE).data, REF.attention_context(p, v, heads, ONE).data, "context")
 
 
+@SETTINGS
+@given(data=st.data())
+def test_fused_linear_chains_equal_reference(data):
+    """QuantLinear's bias, IntGELU and the following requantization fused into one pass (an
+    unread :class:`~ibert_ref.backends.compiled.DeferredLinear`): QuantLinear -> QuantAct,
+    QuantLinear -> IntGELU -> QuantAct, QuantLinear + residual -> QuantAct; the same integers
+    as the reference running each op, and as the compiled ops materialised one by one."""
+    from ibert_ref.backends.compiled import DeferredLinear
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    rows, k, n = data.draw(st.integers(1, 6)), data.draw(st.sampled_from([8, 64, 768])), data.draw(st.integers(1, 9))
+    x = QTensor(rng.integers(-128, 128, size=(1, rows, k)).astype(np.int8), ONE)
+    lin = K.LinearParams(w=rng.integers(-128, 128, size=(n, k)).astype(np.int8),
+                         b=rng.integers(-(1 << 22), 1 << 22, size=n, dtype=np.int64), out_scale=ONE)
+    gelu = data.draw(S.gelu_params("exact"))
+    req = data.draw(S.requant_params("exact", bits=st.sampled_from([8, 22]), in_bits=data.draw(st.sampled_from([24, 40])),
+                                     with_identity=True))[0]
+    ident = QTensor(rng.integers(-128, 128, size=(1, rows, n)).astype(np.int8), ONE)
+    chains = {
+        "linear->act": lambda dp: K.requantize(dp, K.quant_linear(dp, x, lin), req),
+        "linear->gelu->act": lambda dp: K.requantize(dp, K.int_gelu(dp, K.quant_linear(dp, x, lin), gelu), req),
+        "linear+residual->act": lambda dp: K.requantize(dp, K.quant_linear(dp, x, lin), req, identity=ident),
+        "linear->gelu (read)": lambda dp: K.int_gelu(dp, K.quant_linear(dp, x, lin), gelu),
+    }
+    for name, chain in chains.items():
+        ref = chain(REF).data
+        for dp in (COMPILED, COMPILED_BLAS):
+            same(chain(dp).data, ref, name)
+    assert isinstance(K.quant_linear(COMPILED, x, lin), DeferredLinear)
+    step = K.quant_linear(COMPILED, x, lin)
+    same(step.data, REF.linear(x.data, lin.w, lin.b), "materialised accumulator")
+    same(K.requantize(COMPILED, step, req).data, chains["linear->act"](REF).data, "materialised, then requantized")
+
+
 def test_int_gemm_self_check_accepts_torch_and_rejects_a_saturating_gemm():
     class SaturatingGemm:
         """u8 x s8 pairs into a saturating int16 (vpmaddubsw), then int32 sums: inexact."""
@@ -477,6 +511,9 @@ def test_bundled_model_compiled_equals_reference_on_every_op(gemm):
     out = comp(ids, **kw)
     assert len(out.trace) > 20 * comp.config["num_hidden_layers"]
     assert_same_traces(out, ref(ids, **kw))
+    plain = comp(ids, attention_mask=mask)  # no trace: bias, IntGELU and requantization fused
+    np.testing.assert_array_equal(plain.last_hidden_state_int, out.last_hidden_state_int)
+    np.testing.assert_array_equal(plain.pooler_output, out.pooler_output)
     assert_same_traces(out, numpy_fast(ids, **kw))
     heads = comp.config["num_attention_heads"]
     head_mask = np.ones(heads, dtype=np.int64)
@@ -506,6 +543,8 @@ def test_768_wide_model_compiled_equals_reference_on_every_op():
     kw = dict(attention_mask=mask, token_type_ids=types, return_trace=True)
     out = comp(ids, **kw)
     assert_same_traces(out, ref(ids, **kw))
+    plain = comp(ids, attention_mask=mask, token_type_ids=types)  # no trace: the fused passes
+    np.testing.assert_array_equal(plain.last_hidden_state_int, out.last_hidden_state_int)
     gelu = out.trace["encoder.layer.0.intermediate.intermediate_act_fn"]
     assert np.abs(gelu.astype(np.int64)).max() > (1 << 31)  # the wide IntGELU outputs really occur
 

@@ -68,6 +68,37 @@ def _scalar(v):
     return int(v.reshape(-1)[0])
 
 
+class DeferredLinear(QTensor):
+    """A QuantLinear output whose bias (and IntGELU, when one follows) is not yet applied:
+    ``acc`` (rows, N) from the exact int8 GEMM, ``bias`` int64 (N,), ``gelu`` None or IntGELU's
+    per-channel ``(b, c, one)``. Reading ``data`` computes the integers — ``acc + bias``
+    (int32, the caller proved it fits) or IntGELU of it (int64) — exactly as the unfused ops
+    would, once; a requantization that consumes it unread fuses them into its own pass
+    (:func:`~ibert_ref.backends.compiled_kernels.requantize_linear_rows`). A trace reads it, so
+    traced runs materialise every op, as the NumPy backend does."""
+
+    def __init__(self, acc, shape, bias, gelu, scale):  # noqa: D107 - fields as documented
+        self.acc, self.shape, self.bias, self.gelu = acc, shape, bias, gelu
+        self.scale = scale
+        self._data = None
+
+    @property
+    def materialized(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self):
+        if self._data is None:
+            if self.gelu is None:
+                out = np.empty(self.acc.shape, dtype=np.int32)
+                ck.add_bias_rows(self.acc, self.bias, out)
+            else:
+                out = np.empty(self.acc.shape, dtype=I64)
+                ck.int_gelu_rows(self.acc, self.bias, *self.gelu, out)
+            self._data = out.reshape(self.shape)
+        return self._data
+
+
 class CompiledDatapath(ExactDatapath):
     """:class:`~ibert_ref.datapath.ExactDatapath` on compiled kernels (see the module docstring).
 
@@ -83,6 +114,7 @@ class CompiledDatapath(ExactDatapath):
         self._torch = self.int_gemm.torch if isinstance(self.int_gemm, TorchIntGemm) else None
         self._vectors = {}
         self._kernels = {
+            "quant_linear": self._quant_linear,
             "requantize": self._requantize,
             "int_exp": self._int_exp,
             "softmax_normalize": self._softmax_normalize,
@@ -148,9 +180,35 @@ class CompiledDatapath(ExactDatapath):
         self._vectors[key] = (dy.m, dy.e, out)
         return out
 
+    def _zeros(self, cols: int):
+        key = ("zeros", cols)
+        if key not in self._vectors:
+            self._vectors[key] = np.zeros(cols, dtype=I64)
+        return self._vectors[key]
+
     # ---- compiled kernels (fn(dp, *kernel args) -> QTensor or None) -----------------------
     @staticmethod
+    def _quant_linear(dp, x, p):
+        """QuantLinear: the exact int8 GEMM, its bias deferred (:class:`DeferredLinear`) to the
+        op that consumes it. None (the kernel's own path) unless ``x`` and the weights are int8
+        and ``K * 2^14 + max|b| < 2^31`` (the materialised result is the int32 of the NumPy
+        backend)."""
+        xd, w = np.asarray(dp.recover(x)), np.asarray(p.w)
+        if xd.dtype != np.int8 or xd.ndim < 2 or xd.size == 0 or w.dtype != np.int8 or w.ndim != 2:
+            return None
+        n, k = w.shape
+        bias = dp._vector(p.b, n)
+        if bias is None or xd.shape[-1] != k or k * (1 << 14) + int(np.abs(bias).max()) >= (1 << 31):
+            return None
+        acc = np.ascontiguousarray(dp.int_gemm.matmul_i8(np.ascontiguousarray(xd).reshape(-1, k), w.T))
+        if acc.dtype not in _KERNEL_INTS:
+            return None
+        return DeferredLinear(acc, xd.shape[:-1] + (n,), bias, None, np.asarray(p.out_scale, dtype=np.float32))
+
+    @staticmethod
     def _requantize(dp, x, p, identity=None):
+        if isinstance(x, DeferredLinear) and not x.materialized and 2 <= p.bits <= 32:
+            return dp._requantize_linear(x, p, identity)
         z = np.asarray(dp.round_recover(x))
         if z.dtype not in _INTS or z.ndim == 0 or z.size == 0 or not 2 <= p.bits <= 32:
             return None  # (wider outputs do not occur in I-BERT: the NumPy kernel runs)
@@ -171,8 +229,32 @@ class CompiledDatapath(ExactDatapath):
             if mult_id is None:
                 return None
             z_id = np.ascontiguousarray(z_id, dtype=I64).reshape(-1, cols)  # (small: a residual)
-            refused = ck.requantize_residual_rows(_rows(z), *mult, z_id, *mult_id, lo, hi, out2)
+            refused = ck.requantize_residual_rows(_rows(z), dp._zeros(cols), *mult, z_id, *mult_id, lo, hi, out2)
         return None if refused else dp.emit(out, p.out_scale)
+
+    def _requantize_linear(self, x, p, identity):
+        """:meth:`_requantize` of an unread :class:`DeferredLinear`: bias (and IntGELU) fused
+        into the requantization pass (same integers), with or without a residual."""
+        cols = x.acc.shape[-1]
+        mult = self._multiplier(self.requant_multiplier(p.dy, x), cols)
+        if mult is None:
+            return None
+        lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
+        out = np.empty(x.shape, dtype=intops.smallest_int_dtype(lo, hi))
+        out2 = out.reshape(-1, cols)
+        if identity is None:
+            gelu = x.gelu if x.gelu is not None else (x.bias,) * 3
+            refused = ck.requantize_linear_rows(x.acc, x.bias, x.gelu is not None, *gelu, *mult, lo, hi, out2)
+        else:
+            z_id = np.asarray(self.round_recover(identity))
+            if x.gelu is not None or z_id.shape != x.shape or z_id.dtype not in _INTS:
+                return None
+            mult_id = self._multiplier(self.requant_multiplier(p.dy_identity, identity), cols)
+            if mult_id is None:
+                return None
+            z_id = np.ascontiguousarray(z_id, dtype=I64).reshape(-1, cols)
+            refused = ck.requantize_residual_rows(x.acc, x.bias, *mult, z_id, *mult_id, lo, hi, out2)
+        return None if refused else self.emit(out, p.out_scale)
 
     @staticmethod
     def _int_exp(dp, scores, p):
@@ -210,6 +292,11 @@ class CompiledDatapath(ExactDatapath):
 
     @staticmethod
     def _int_gelu(dp, x, p):
+        if isinstance(x, DeferredLinear) and not x.materialized and x.gelu is None:
+            cols = x.acc.shape[-1]
+            consts = tuple(dp._vector(v, cols) for v in (p.b_int, p.c_int, p.one))
+            if all(v is not None for v in consts):  # deferred too: fused into the next requantization
+                return DeferredLinear(x.acc, x.shape, x.bias, consts, np.asarray(p.out_scale, dtype=np.float32))
         data = np.asarray(dp.recover(x))
         if data.dtype not in _INTS or data.ndim == 0 or data.size == 0:
             return None
@@ -218,7 +305,7 @@ class CompiledDatapath(ExactDatapath):
         if b is None or c is None or one is None:
             return None
         out = np.empty(data.shape, dtype=I64)
-        ck.int_gelu_rows(_rows(data), b, c, one, out.reshape(-1, cols))
+        ck.int_gelu_rows(_rows(data), dp._zeros(cols), b, c, one, out.reshape(-1, cols))
         return dp.emit(out, p.out_scale)
 
     @staticmethod

@@ -145,18 +145,12 @@ _CHUNKS = 16
 
 
 @njit(cache=True)
-def dyadic_route(z, i, zlim, dmax):
-    """Which exact route computes ``rne(z[i, j] * m[j] / 2^e[j])`` for row ``i`` (see
+def dyadic_route(z, zlim, dmax):
+    """Which exact route computes ``rne(z[j] * m[j] / 2^e[j])`` for the row ``z`` (see
     :func:`dyadic_row`): 0 float64 exact, 1 float64 with near-tie detection, 2 two-limb
     integers, -1 refused (some ``|z| >= 2^62``: the reference raises). ``zlim`` and ``dmax``
     as in :func:`dyadic_row`."""
-    cols = z.shape[1]
-    zmax = np.int64(0)
-    for j in range(cols):
-        v = np.int64(z[i, j])
-        a = v if v >= 0 else -v
-        if a > zmax:
-            zmax = a
+    zmax = row_abs_max(z)
     if zmax >= SAT or zmax < 0:
         return -1
     if zmax <= zlim:
@@ -167,14 +161,14 @@ def dyadic_route(z, i, zlim, dmax):
 
 
 @njit(cache=True)
-def dyadic_row(z, i, m, e, d, zlim, dmax, tmp):
-    """``tmp[j] = msr_rne(z[i, j], m[j], e[j])`` for every ``j`` of row ``i`` (the exact
+def dyadic_row(z, m, e, d, zlim, dmax, tmp):
+    """``tmp[j] = msr_rne(z[j], m[j], e[j])`` for every ``j`` of the row ``z`` (the exact
     ``rne(z * m / 2^e)``, :func:`msr_rne`), by the cheapest route that is exact for this row
     (:func:`dyadic_route`). Returns 1 (row refused: some ``|z| >= 2^62``) or 0.
 
     ``d[j] = m[j] * 2^-e[j]`` (float64, exact: ``|m| <= 2^31``, ``e <= 1000``),
     ``zlim = floor((2^53 - 1) / max|m|)`` (``-1`` disables the float routes),
-    ``dmax = max |d|``; ``Z = max_j |z[i, j]|``:
+    ``dmax = max |d|``; ``Z = max_j |z[j]|``:
 
     * route 0, ``Z <= zlim``: ``|z * m| < 2^53``, so ``z * d`` is exact in float64 (its
       significand is ``z * m``) and ``rint`` (round half to even) gives the exact result.
@@ -185,39 +179,42 @@ def dyadic_row(z, i, m, e, d, zlim, dmax, tmp):
       the margin ``B * 2^-50``), the float results stand; otherwise route 2 recomputes the row.
     * route 2: every element with :func:`msr_rne` (93-bit products in two limbs).
     """
-    cols = z.shape[1]
-    route = dyadic_route(z, i, zlim, dmax)
+    cols = z.shape[0]
+    route = dyadic_route(z, zlim, dmax)
     if route < 0:
         return 1
     if route == 0:
         for j in range(cols):
-            tmp[j] = np.int64(np.rint(np.float64(z[i, j]) * d[j]))
+            tmp[j] = np.int64(np.rint(np.float64(z[j]) * d[j]))
         return 0
     if route == 1:
-        thr = 0.5 - np.float64(zlim_bound(z, i)) * dmax * 2.0**-50
+        thr = 0.5 - np.float64(row_abs_max(z)) * dmax * 2.0**-50
         near = 0
         for j in range(cols):
-            y = np.float64(z[i, j]) * d[j]
+            y = np.float64(z[j]) * d[j]
             r = np.rint(y)
             near += abs(y - r) >= thr
             tmp[j] = np.int64(r)
         if near == 0:
             return 0
     for j in range(cols):
-        tmp[j] = msr_rne(np.int64(z[i, j]), m[j], e[j])
+        tmp[j] = msr_rne(np.int64(z[j]), m[j], e[j])
     return 0
 
 
 @njit(cache=True)
-def zlim_bound(z, i):
-    """``max_j |z[i, j]|`` (int64; the caller has ruled out ``|z| >= 2^62``)."""
+def row_abs_max(z):
+    """``max_j |z[j]|`` of a row as int64, or -1 if some ``z[j] = -2^63`` (its negation wraps:
+    callers refuse the row, as the reference refuses ``|z| >= 2^62``)."""
     zmax = np.int64(0)
-    for j in range(z.shape[1]):
-        v = np.int64(z[i, j])
+    wrapped = 0
+    for j in range(z.shape[0]):
+        v = np.int64(z[j])
         a = v if v >= 0 else -v
+        wrapped += a < 0
         if a > zmax:
             zmax = a
-    return zmax
+    return np.int64(-1) if wrapped else zmax
 
 
 @njit(parallel=True, cache=True)
@@ -239,11 +236,11 @@ def requantize_rows(z, m, e, d, zlim, dmax, lo, hi, out):
     for c in prange(-(-rows // step)):
         tmp = np.empty(cols, dtype=np.int64)
         for i in range(c * step, min(rows, (c + 1) * step)):
-            if dyadic_route(z, i, zlim, dmax) == 0:
+            if dyadic_route(z[i], zlim, dmax) == 0:
                 for j in range(cols):
                     out[i, j] = min(max(np.rint(np.float64(z[i, j]) * d[j]), lo_f), hi_f)
                 continue
-            if dyadic_row(z, i, m, e, d, zlim, dmax, tmp):
+            if dyadic_row(z[i], m, e, d, zlim, dmax, tmp):
                 refused += 1
                 continue
             for j in range(cols):
@@ -257,25 +254,82 @@ def requantize_rows(z, m, e, d, zlim, dmax, lo, hi, out):
 
 
 @njit(parallel=True, cache=True)
-def requantize_residual_rows(z, m, e, d, zlim, dmax, z_id, m_id, e_id, d_id, zlim_id, dmax_id, lo, hi, out):
-    """QuantAct with a residual: ``out = clamp(rne(z_id * m_id / 2^e_id) + rne(z * m / 2^e), lo, hi)``.
+def requantize_residual_rows(z, bias, m, e, d, zlim, dmax, z_id, m_id, e_id, d_id, zlim_id, dmax_id, lo, hi, out):
+    """QuantAct with a residual:
+    ``out = clamp(rne(z_id * m_id / 2^e_id) + rne((z + bias) * m / 2^e), lo, hi)``.
 
-    Each term as in :func:`requantize_rows` (:func:`dyadic_row`; each saturated to ``±2^62``
-    like the reference, their int64 sum wrapping exactly as NumPy's), ``z`` and ``z_id``
-    (rows, C) int32/int64. Returns the number of refused rows (``|z|`` or ``|z_id| >= 2^62``).
+    ``z + bias`` (int64; ``bias`` an int64 (C,) vector: a QuantLinear bias not yet added, else
+    zeros) and ``z_id`` each requantized as in :func:`requantize_rows` (:func:`dyadic_row`;
+    each saturated to ``±2^62`` like the reference, their int64 sum wrapping exactly as
+    NumPy's), ``z`` (rows, C) int32/int64, ``z_id`` int64. Returns the number of refused rows
+    (``|z + bias|`` or ``|z_id| >= 2^62``).
     """
     rows, cols = z.shape
     step = max(1, -(-rows // _CHUNKS))
     refused = 0
     for c in prange(-(-rows // step)):
+        zb = np.empty(cols, dtype=np.int64)
         tmp = np.empty(cols, dtype=np.int64)
         tmp_id = np.empty(cols, dtype=np.int64)
         for i in range(c * step, min(rows, (c + 1) * step)):
-            if dyadic_row(z, i, m, e, d, zlim, dmax, tmp) or dyadic_row(z_id, i, m_id, e_id, d_id, zlim_id, dmax_id, tmp_id):
+            for j in range(cols):
+                zb[j] = np.int64(z[i, j]) + bias[j]
+            if dyadic_row(zb, m, e, d, zlim, dmax, tmp) or dyadic_row(z_id[i], m_id, e_id, d_id, zlim_id, dmax_id, tmp_id):
                 refused += 1
                 continue
             for j in range(cols):
                 v = tmp_id[j] + tmp[j]
+                if v < lo:
+                    v = lo
+                elif v > hi:
+                    v = hi
+                out[i, j] = v
+    return refused
+
+
+@njit(cache=True, inline="always")
+def gelu_value(x, b, c, one):
+    """IntGELU of one int64 ``x`` with its channel's constants:
+    ``x * (floor(sign(x) * ((min(|x|, -b) + b)^2 + c) / 2^14) + one)``, int64 wrapping as NumPy's."""
+    a = x if x >= 0 else -x
+    nb = -b
+    if nb < a:
+        a = nb
+    a = a + b
+    a = a * a + c
+    if x < 0:
+        a = -a
+    elif x == 0:
+        a = np.int64(0)
+    return x * ((a >> 14) + one)
+
+
+@njit(parallel=True, cache=True)
+def requantize_linear_rows(acc, bias, gelu, gb, gc, gone, m, e, d, zlim, dmax, lo, hi, out):
+    """A QuantLinear accumulator requantized in one pass, its bias (and IntGELU) fused:
+    ``z = acc + bias`` (int64), then if ``gelu``: ``z = gelu_value(z)`` (:func:`gelu_value`, the
+    per-channel constants ``gb``/``gc``/``gone``), then ``out = clamp(rne(z * m / 2^e), lo, hi)``
+    by the routes of :func:`dyadic_row`. The same integers as materialising ``acc + bias`` (and
+    IntGELU's int64 output) and requantizing it, without writing or reading them. ``acc``
+    (rows, C) int32/int64, constants int64 (C,). Returns the number of refused rows."""
+    rows, cols = acc.shape
+    step = max(1, -(-rows // _CHUNKS))
+    refused = 0
+    for c in prange(-(-rows // step)):
+        zb = np.empty(cols, dtype=np.int64)
+        tmp = np.empty(cols, dtype=np.int64)
+        for i in range(c * step, min(rows, (c + 1) * step)):
+            if gelu:
+                for j in range(cols):
+                    zb[j] = gelu_value(np.int64(acc[i, j]) + bias[j], gb[j], gc[j], gone[j])
+            else:
+                for j in range(cols):
+                    zb[j] = np.int64(acc[i, j]) + bias[j]
+            if dyadic_row(zb, m, e, d, zlim, dmax, tmp):
+                refused += 1
+                continue
+            for j in range(cols):
+                v = tmp[j]
                 if v < lo:
                     v = lo
                 elif v > hi:
@@ -471,29 +525,18 @@ def softmax_normalize_rows(e, shift, out):
 
 
 @njit(parallel=True, cache=True)
-def int_gelu_rows(x, b, c, one, out):
-    """IntGELU: ``out = x * (floor(sign(x) * ((min(|x|, -b) + b)^2 + c) / 2^14) + one)``.
+def int_gelu_rows(x, bias, b, c, one, out):
+    """IntGELU: ``out = z * (floor(sign(z) * ((min(|z|, -b) + b)^2 + c) / 2^14) + one)`` with
+    ``z = x + bias`` (:func:`gelu_value`; ``bias`` a QuantLinear bias not yet added, else zeros).
 
-    ``x`` (rows, C) int32/int64, ``b``/``c``/``one`` int64 (C,), ``out`` (rows, C) int64 (about
-    40 bits on roberta-base-sized layers). int64 throughout, wrapping as NumPy's (``|x|`` of
-    ``-2^63`` is ``-2^63``); the floor is an arithmetic shift. Never refuses.
+    ``x`` (rows, C) int32/int64, ``bias``/``b``/``c``/``one`` int64 (C,), ``out`` (rows, C) int64
+    (about 40 bits on roberta-base-sized layers). int64 throughout, wrapping as NumPy's
+    (``|z|`` of ``-2^63`` is ``-2^63``); the floor is an arithmetic shift. Never refuses.
     """
     rows, cols = x.shape
     for i in prange(rows):
         for j in range(cols):
-            xv = np.int64(x[i, j])
-            a = xv if xv >= 0 else -xv
-            nb = -b[j]
-            if nb < a:
-                a = nb
-            a = a + b[j]
-            a = a * a + c[j]
-            if xv < 0:
-                a = -a
-            elif xv == 0:
-                a = np.int64(0)
-            a = a >> 14
-            out[i, j] = xv * (a + one[j])
+            out[i, j] = gelu_value(np.int64(x[i, j]) + bias[j], b[j], c[j], one[j])
     return 0
 
 
