@@ -19,7 +19,7 @@ import sys
 from . import commands as _commands
 
 #: Subcommands listed first in ``--help``; any other module in ibert_ref/commands follows.
-PREFERRED_ORDER = ("run", "verify", "vectors", "widths", "calibrate", "convert", "bench")
+PREFERRED_ORDER = ("run", "verify", "vectors", "widths", "sweep", "calibrate", "convert", "bench")
 
 
 def command_names() -> list:

@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+from . import add_hub_options
+from ._args import HelpFormatter, bounded_int, model_name
+
 GRID_HELP = (
     "configurations: a product spec 'base=generic acc_bits=16,24,32 overflow=wrap,saturate requant=rne,gemmlowp' "
     "(base: generic | arm | tensor-core, several allowed; parameters acc_bits, overflow (wrap|saturate|exact), "
@@ -15,14 +18,17 @@ GRID_HELP = (
 )
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
+_positive = bounded_int(1, None)
+
+
+def add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """--workers N | --scheduler ADDR, and --resume: where the Dask tasks run, and continuing a run."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive, default=None,
+                       help="process workers of a local Dask cluster (default: the number of cores)")
+    where.add_argument("--scheduler", metavar="ADDR", default=None,
+                       help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out: run only unfinished tasks")
 
 
 def add_parser(sub) -> None:
@@ -34,24 +40,18 @@ def add_parser(sub) -> None:
         "datapath: overflow events by op, int8 codes equal per layer, last-hidden-state and pooled-embedding "
         "cosine, max |diff| (and vs --float-model; accuracy for a labelled file). Writes DIR/results.csv, "
         "DIR/summary.png and one file per finished task (for --resume).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", default=None, help="I-BERT checkpoint folder or Hub id (default: the bundled tiny model)")
-    p.add_argument("--revision", default=None, help="Hub revision")
-    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder")
-    p.add_argument("--local-files-only", action="store_true", help="never touch the network")
+    p.add_argument("--model", default=None, type=model_name,
+                   help="I-BERT checkpoint folder or Hub id (default: the bundled tiny model)")
+    add_hub_options(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--texts", metavar="FILE", help="one sentence per line; 'text<TAB>label' lines (every line) "
                      "add the task metric for a sequence-classification checkpoint")
     src.add_argument("--ids", metavar="FILE", help="one sequence of token ids per line (integers, space-separated)")
     p.add_argument("--grid", action="append", required=True, metavar="SPEC|FILE", help=GRID_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.csv, summary.png, tasks/)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive, default=None,
-                       help="process workers of a local Dask cluster (default: the number of cores)")
-    where.add_argument("--scheduler", metavar="ADDR", default=None,
-                       help="address of a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
-    p.add_argument("--resume", action="store_true", help="continue the sweep in --out: run only unfinished tasks")
+    add_cluster_options(p)
     p.add_argument("--float-model", metavar="DIR", default=None,
                    help="float checkpoint (e.g. the BERT the I-BERT was converted from) to compare with too "
                    "(needs torch + transformers on the workers)")

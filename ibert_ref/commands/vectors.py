@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from . import add_model_options, build_datapath, hub_kwargs, model_source
-from ._args import HelpFormatter, nonempty
-from .verify import add_input_options, read_inputs
+from ._args import ArgError, HelpFormatter, nonempty
+from .verify import add_input_options, check_many_inputs_options, read_inputs, read_many_inputs
 
 
 def add_parser(sub) -> None:
@@ -42,7 +43,10 @@ def run_vectors(args) -> int:
     from ..outdir import check_output_dir, output_dir
     from ..vectors import write_vectors
 
+    check_many_inputs_options(args)
     folder = model_source(args)
+    if args.texts is not None:
+        return vectors_texts(args, folder)
     check_output_dir(args.out, overwrite=args.overwrite, inputs=[folder])  # before the model loads
     model = IBertModel.from_pretrained(folder, datapath=build_datapath(args), gemm=args.gemm, **hub_kwargs(args))
     ids, mask = read_inputs(args, model.source or folder)
@@ -60,4 +64,28 @@ def run_vectors(args) -> int:
     for e in manifest["ops"][:3]:
         print(f"  {e['index']:3d} {e['name']:50s} {e['op']:18s} bits {e['bits']:2d} {e['hex']}")
     print("  ...")
+    return 0
+
+
+def vectors_texts(args, folder) -> int:
+    """``vectors --texts FILE --out DIR``: one vectors folder per input (``DIR/input-NNNNN``, the
+    line's index among the non-empty lines), each written whole, as Dask tasks (see
+    :func:`ibert_ref.sweep.many.vectors_many`); ``DIR/index.json`` lists them."""
+    from ..loading import resolve_file
+    from ..outdir import check_output_dir
+    from ..sweep.many import vectors_many
+
+    if args.overwrite:
+        raise ArgError("--overwrite does not apply to --texts: use a new --out, or --resume to continue one")
+    if args.strict_widths:
+        raise ArgError("--strict-widths does not apply to --texts")
+    folder = os.path.dirname(resolve_file(folder, "config.json", **hub_kwargs(args)))
+    if not args.resume:
+        check_output_dir(args.out, inputs=[folder])
+    inputs = read_many_inputs(args, folder)
+    index = vectors_many(folder, inputs, args.out, datapath=args.datapath, workers=args.workers,
+                         scheduler=args.scheduler, resume=args.resume, param_hex=not args.no_param_hex)
+    print(f"model: {folder}   datapath: {index['datapath']}   inputs: {index['inputs']}")
+    print(f"{len(index['folders'])} vectors folders in {args.out} (input-00000 ...), listed in index.json; "
+          f"{index['shards_run']} task(s) run")
     return 0

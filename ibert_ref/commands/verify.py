@@ -9,7 +9,8 @@ import sys
 
 from ..datapath import available_datapaths
 from . import add_hub_options, add_profile_option, build_datapath, hub_kwargs, model_source
-from ._args import HelpFormatter, input_text, model_name, nonempty
+from ._args import ArgError, HelpFormatter, input_text, model_name, nonempty
+from .sweep import add_cluster_options
 
 
 def add_input_options(p: argparse.ArgumentParser) -> None:
@@ -26,6 +27,38 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
         "or {input_ids, attention_mask}) or text (one sequence per line, ids separated by spaces/commas); "
         "integers only, a mask of exactly the ids' shape holding 0/1; ragged rows without a mask are padded",
     )
+    src.add_argument(
+        "--texts",
+        default=None,
+        metavar="FILE",
+        type=nonempty("file name"),
+        help="many inputs, one sentence per line: run as Dask tasks (batches of equal-length sentences) "
+        "through the sweep engine into --out (--workers / --scheduler / --resume; the sweep extra)",
+    )
+    add_cluster_options(p)
+
+
+def check_many_inputs_options(args) -> None:
+    """--workers / --scheduler / --resume belong to --texts, and --texts needs --out."""
+    if args.texts is None:
+        given = [o for o, v in (("--workers", args.workers), ("--scheduler", args.scheduler),
+                                ("--resume", args.resume)) if v]
+        if given:
+            raise ArgError(f"{', '.join(given)} apply to --texts (many inputs) only")
+        return
+    if not getattr(args, "out", None):
+        raise ArgError("--texts needs --out DIR (one result per batch, kept for --resume)")
+    if getattr(args, "profile_option", None):
+        raise ArgError("--texts runs a named datapath on the workers: --profile-option is not supported with it")
+
+
+def read_many_inputs(args, model_folder):
+    """The --texts file tokenized with the model's tokenizer: a :class:`ibert_ref.sweep.SweepInputs`."""
+    from ..sweep import ModelSpec, read_inputs
+
+    spec = ModelSpec(model=os.fspath(model_folder), **hub_kwargs(args))
+    inputs, _, _ = read_inputs(spec, texts_path=args.texts)
+    return inputs
 
 
 def read_inputs(args, model_folder):
@@ -70,6 +103,8 @@ def add_parser(sub) -> None:
     p.add_argument("--all-ops", action="store_true", help="list every op, not only the differing ones")
     p.add_argument("--json", default=None, metavar="FILE", type=nonempty("file name"),
                    help="also write the full report as JSON")
+    p.add_argument("--out", default=None, metavar="DIR", type=nonempty("folder name"),
+                   help="with --texts: the folder of per-batch results and verify.json")
     p.set_defaults(func=run_verify)
 
 
@@ -106,11 +141,14 @@ def write_text_atomic(path, text: str) -> None:
 def run_verify(args) -> int:
     from ..loading import resolve_file
 
+    check_many_inputs_options(args)
     if args.json:  # the arguments first, so a bad one fails at once, before torch is imported
         check_output_file(args.json, "--json")
     folder = model_source(args)
     config_path = resolve_file(folder, "config.json", **hub_kwargs(args))
     folder = os.path.dirname(config_path)
+    if args.texts is not None:
+        return verify_texts(args, folder)
     ids, mask = read_inputs(args, folder)
     try:
         from ..oracle.verify import verify
@@ -125,3 +163,28 @@ def run_verify(args) -> int:
         write_text_atomic(args.json, json.dumps(report.to_dict(), indent=1) + "\n")
         print(f"report written to {args.json}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def verify_texts(args, folder) -> int:
+    """``verify --texts FILE --out DIR``: every batch verified as a Dask task (see
+    :func:`ibert_ref.sweep.many.verify_many`); prints the summary; exit 1 on any unexplained
+    difference."""
+    from ..sweep.many import verify_many
+
+    inputs = read_many_inputs(args, folder)
+    summary = verify_many(folder, inputs, args.out, datapath=args.datapath,
+                          gemm=args.gemm if args.datapath == "transformers" else "numpy",
+                          workers=args.workers, scheduler=args.scheduler, resume=args.resume)
+    print(f"model: {folder}   datapath: {summary['datapath']}   inputs: {summary['inputs']}   "
+          f"batches: {summary['batches']}")
+    for mode, totals in summary["totals"].items():
+        elements, equal = totals.get("elements", 0), totals.get("equal", 0)
+        causes = ", ".join(f"{k} {v}" for k, v in sorted(totals.items()) if k not in ("elements", "equal"))
+        print(f"  {mode}: {equal} of {elements} integers equal" + (f"; differing: {causes}" if causes else ""))
+    for bad in summary["not_ok"][:10]:
+        print(f"  not ok: inputs {bad['inputs']} (first divergence {bad['first_divergence']})")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(summary, indent=1) + "\n")
+    print(f"unexplained differences: {summary['unexplained']}  -> {'OK' if summary['ok'] else 'FAIL'}"
+          f"   (written: {os.path.join(args.out, 'verify.json')})")
+    return 0 if summary["ok"] else 1
