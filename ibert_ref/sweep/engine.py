@@ -126,19 +126,21 @@ def read_inputs(
     max_length = max(2, min(int(max_length), limit))
     labels = None
     if ids_path is not None:
-        rows = []
-        for n, line in _read_lines(ids_path, "--ids"):
-            try:
-                row = [int(t) for t in line.replace(",", " ").split()]
-            except ValueError:
-                raise SweepError(f"--ids {ids_path}:{n}: not a list of integer token ids") from None
-            vocab = int(config.get("vocab_size", 0))
+        from ..input_files import InputIdsError, read_input_ids
+
+        try:  # the model API's rules (integers only, no empty sequence), errors naming the entry
+            ids, mask = read_input_ids(ids_path)
+        except InputIdsError as exc:
+            raise SweepError(f"--ids {exc}") from None
+        rows = [row[m == 1].tolist() for row, m in zip(ids, mask)]
+        vocab = int(config.get("vocab_size", 0))
+        for n, row in enumerate(rows, 1):
             bad = [t for t in row if t < 0 or (vocab and t >= vocab)]
             if bad:
-                raise SweepError(f"--ids {ids_path}:{n}: token id {bad[0]} is outside [0, {vocab})")
+                raise SweepError(f"--ids {ids_path}: sequence {n}: token id {bad[0]} is outside [0, {vocab})")
             if len(row) > max_length:
-                raise SweepError(f"--ids {ids_path}:{n}: {len(row)} tokens; the model takes at most {max_length}")
-            rows.append(row)
+                raise SweepError(f"--ids {ids_path}: sequence {n}: {len(row)} tokens; the model takes at most "
+                                 f"{max_length}")
         return SweepInputs(ids=rows, source=ids_path), classification, num_labels
     if texts is None:
         lines = _read_lines(texts_path, "--texts")
