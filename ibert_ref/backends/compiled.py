@@ -7,21 +7,24 @@ integers at every op — whose expensive steps run elsewhere:
 
 * the row-local kernels of :mod:`ibert_ref.kernels` (requantize with or without residual, i-exp
   with its 16-bit requantization, the softmax normalisation, IntGELU, IntLayerNorm) are replaced,
-  through :meth:`compiled_kernel`, by the one-pass kernels of
-  :mod:`ibert_ref.backends.compiled_kernels`, rows in parallel;
-* QuantLinear's GEMM is an exact int8 x int8 -> int32 GEMM (:mod:`ibert_ref.backends.int_gemm`:
-  ``torch._int_mm`` after an exactness self-check, else float32 BLAS in exact chunks), the bias
-  added by a compiled pass;
-* the attention GEMMs run in float32 (torch's when torch is there, else NumPy's), exact because
-  every partial sum is an integer below 2^24 (checked per call from the operands' bounds), and
-  a compiled pass turns them into integers (masking the scores, merging the context's heads).
+  through :meth:`CompiledDatapath.compiled_kernel`, by the one-pass kernels of
+  :mod:`ibert_ref.backends.compiled_kernels`, rows in parallel (numba ``prange``);
+* QuantLinear is an exact int8 x int8 -> int32 GEMM (:mod:`ibert_ref.backends.int_gemm`:
+  ``torch._int_mm`` after an exactness self-check, else float32 BLAS in exact chunks); its bias
+  — and IntGELU, when one follows — is deferred (:class:`DeferredLinear`) and fused into the
+  requantization that consumes it, unless something reads the integers first (a trace does);
+* the attention GEMMs run on the same int8 GEMM, per head: ``Q K^T`` directly, ``P V`` as
+  ``(P - 128) V + 128 * sum(V)`` (``P`` in [0, 256] is not int8; ``P - 128`` is when no
+  probability is 256); otherwise in float32, exact while every partial sum is an integer below
+  2^24 (checked per call from the operands' bounds).
 
 Whenever an input falls outside what a compiled kernel handles (an unexpected dtype or layout,
-a constant that is not per tensor / per channel, a value where the reference raises), the
-NumPy exact kernel runs instead, so results and errors are the reference's. While a width
-census collects (``oplog`` set) everything runs on NumPy, so the kernels' own code reports its
+a constant that is not per tensor / per channel, a value where the reference raises), the NumPy
+exact kernel runs instead, so results and errors are the reference's. While a width census
+collects (``oplog`` set) everything runs on NumPy, so the kernels' own code reports its
 intermediates. Hardware profiles (:mod:`ibert_ref.hardware.profiles`) do not use this backend:
-they model their own registers and record overflow per op on whole arrays.
+they model their own registers (wrapping, saturating) and record overflow per op on whole
+arrays, which these exact kernels do not reproduce.
 """
 
 from __future__ import annotations
