@@ -17,11 +17,11 @@ Every op can be re-run from these files alone: :func:`rerun_op` rebuilds its ker
 parameters from the manifest and arrays and calls the same kernel
 (:mod:`ibert_ref.kernels`); tests/test_vectors.py does this for every op.
 
-Besides the quantized modules of the trace, three intermediates become ops of their own so
-that each op's inputs are in the files: ``embeddings.embeddings_act1.first_call`` (the first of
-the two calls of that QuantAct), ``encoder.layer.N.attention.self.scores`` (``Q K^T`` per head,
-int32, *without* the mask: the mask is an input of ``softmax.act``) and
-``encoder.layer.N.attention.self.context`` (``P V``, int32).
+The ops are those of :mod:`ibert_ref.dataflow` (:func:`~ibert_ref.dataflow.expand`): besides
+the quantized modules of the trace, three intermediates are ops of their own so that each op's
+inputs are in the files: the first call of the QuantAct the embeddings call twice, the attention
+scores (``Q K^T`` per head, int32, *without* the mask: the mask is an input of the i-exp op) and
+the attention context (``P V``, int32).
 
 Integer datapaths only (``exact`` and the hardware profiles): the transformers datapath holds
 floats between ops, so its ops cannot be re-run from integers.
@@ -49,6 +49,8 @@ import numpy as np
 
 from . import intops
 from . import kernels as K
+from .dataflow import Op, expand
+from .dataflow import run_op as run_dataflow_op
 from .datapath import QTensor
 from .input_files import read_input_ids  # noqa: F401 - public here since the vectors API has it
 from .quant import F32, Dyadic, bits_needed_signed
@@ -57,11 +59,8 @@ FORMAT_VERSION = 1
 NPZ_NAME = "vectors.npz"
 MANIFEST_NAME = "manifest.json"
 
-#: Declared widths of the model inputs and of the extra intermediates.
+#: Declared width of the model inputs.
 INPUT_BITS = 32
-SCORES_BITS = 32
-CONTEXT_BITS = 32
-FIRST_CALL = ".first_call"
 
 
 class VectorsError(ValueError):
@@ -132,80 +131,9 @@ def read_hex(path, bits: int, shape: Optional[Sequence[int]] = None) -> np.ndarr
 # ---------------------------------------------------------------------------------------
 # Input ids from a file (CLI --input-ids)
 # ---------------------------------------------------------------------------------------
-# The op graph: (name, kernel, input names, params attribute)
-@dataclass(frozen=True)
-class OpSpec:
-    """One op of the vectors: its name, the kernel (``op``), the names of its inputs and
-    where its compiled parameters live (attribute of EmbeddingsParams / LayerParams)."""
-
-    name: str
-    kind: str
-    op: str
-    inputs: tuple
-    params: Optional[str]
-    layer: Optional[int] = None
-    bits: Optional[int] = None
-
-
-def op_graph(num_layers: int) -> List[OpSpec]:
-    """Every op of an IBertModel forward, in execution order (see the module docstring)."""
-    e = "embeddings."
-    ops = [
-        OpSpec(e + "word_embeddings", "QuantEmbedding", "quant_embedding", ("input_ids",), "word"),
-        OpSpec(e + "token_type_embeddings", "QuantEmbedding", "quant_embedding", ("token_type_ids",), "token_type"),
-        OpSpec(e + "embeddings_act1" + FIRST_CALL, "QuantAct", "requantize",
-               (e + "word_embeddings", e + "token_type_embeddings"), "act1_first", bits=16),
-        OpSpec(e + "position_embeddings", "QuantEmbedding", "quant_embedding", ("position_ids",), "position"),
-        OpSpec(e + "embeddings_act1", "QuantAct", "requantize",
-               (e + "embeddings_act1" + FIRST_CALL, e + "position_embeddings"), "act1_second", bits=16),
-        OpSpec(e + "LayerNorm", "IntLayerNorm", "int_layernorm", (e + "embeddings_act1",), "layernorm"),
-        OpSpec(e + "output_activation", "QuantAct", "requantize", (e + "LayerNorm",), "output_activation", bits=8),
-    ]
-    h = e + "output_activation"
-    for i in range(num_layers):
-        p = f"encoder.layer.{i}."
-        sa, ao = p + "attention.self.", p + "attention.output."
-
-        def spec(name, kind, op, inputs, params, bits=None):
-            return OpSpec(name, kind, op, tuple(inputs), params, i, bits)
-
-        ops += [
-            spec(sa + "query", "QuantLinear", "quant_linear", [h], "query"),
-            spec(sa + "key", "QuantLinear", "quant_linear", [h], "key"),
-            spec(sa + "value", "QuantLinear", "quant_linear", [h], "value"),
-            spec(sa + "query_activation", "QuantAct", "requantize", [sa + "query"], "query_activation", 8),
-            spec(sa + "key_activation", "QuantAct", "requantize", [sa + "key"], "key_activation", 8),
-            spec(sa + "value_activation", "QuantAct", "requantize", [sa + "value"], "value_activation", 8),
-            spec(sa + "scores", "AttentionScores", "attention_scores",
-                 [sa + "query_activation", sa + "key_activation"], "score_scale", SCORES_BITS),
-            spec(sa + "softmax.act", "QuantAct", "int_exp", [sa + "scores", "attention_mask"], "softmax", 16),
-            spec(sa + "softmax", "IntSoftmax", "softmax_normalize", [sa + "softmax.act"], "softmax"),
-            spec(sa + "context", "AttentionContext", "attention_context",
-                 [sa + "softmax", sa + "value_activation"], "context_scale", CONTEXT_BITS),
-            spec(sa + "output_activation", "QuantAct", "requantize", [sa + "context"], "self_output_activation", 8),
-            spec(ao + "dense", "QuantLinear", "quant_linear", [sa + "output_activation"], "attn_dense"),
-            spec(ao + "ln_input_act", "QuantAct", "requantize", [ao + "dense", h], "attn_ln_input_act", 22),
-            spec(ao + "LayerNorm", "IntLayerNorm", "int_layernorm", [ao + "ln_input_act"], "attn_layernorm"),
-            spec(ao + "output_activation", "QuantAct", "requantize", [ao + "LayerNorm"], "attn_output_activation", 8),
-            spec(p + "pre_intermediate_act", "QuantAct", "requantize", [ao + "output_activation"],
-                 "pre_intermediate_act", 8),
-            spec(p + "intermediate.dense", "QuantLinear", "quant_linear", [p + "pre_intermediate_act"],
-                 "intermediate_dense"),
-            spec(p + "intermediate.intermediate_act_fn", "IntGELU", "int_gelu", [p + "intermediate.dense"], "gelu"),
-            spec(p + "intermediate.output_activation", "QuantAct", "requantize",
-                 [p + "intermediate.intermediate_act_fn"], "intermediate_output_activation", 8),
-            spec(p + "pre_output_act", "QuantAct", "requantize", [p + "intermediate.output_activation"],
-                 "pre_output_act", 8),
-            spec(p + "output.dense", "QuantLinear", "quant_linear", [p + "pre_output_act"], "output_dense"),
-            spec(p + "output.ln_input_act", "QuantAct", "requantize", [p + "output.dense", p + "pre_intermediate_act"],
-                 "output_ln_input_act", 22),
-            spec(p + "output.LayerNorm", "IntLayerNorm", "int_layernorm", [p + "output.ln_input_act"],
-                 "output_layernorm"),
-            spec(p + "output.output_activation", "QuantAct", "requantize", [p + "output.LayerNorm"],
-                 "output_activation", 8),
-        ]
-        h = p + "output.output_activation"
-    return ops
+# The op graph: the dataflow's ops, expanded for the model's layers
+#: Every op of an IBertModel forward, in execution order (:func:`ibert_ref.dataflow.expand`).
+op_graph = expand
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,50 +169,17 @@ def _qtensor(v: OpValue) -> QTensor:
     return ShiftedQTensor(data, scale, exponent=np.asarray(v.exponent, dtype=np.int64))
 
 
-def run_op(dp, spec: OpSpec, params, num_heads: int, inputs: List[OpValue]) -> OpValue:
-    """Run ``spec``'s kernel on datapath ``dp`` (the same :mod:`ibert_ref.kernels` call the
-    model makes, with the datapath's own kernel variants) on integer inputs; returns its
-    output integers, scale and exponent (see :class:`OpValue`)."""
-    def qt(i):
-        return _qtensor(inputs[i])
-
-    if spec.op == "quant_embedding":
-        out = K.quant_embedding(dp, params, np.asarray(inputs[0].ints, dtype=np.int64))
-    elif spec.op == "requantize":
-        out = K.requantize(dp, qt(0), params, identity=qt(1) if len(inputs) > 1 else None)
-    elif spec.op == "quant_linear":
-        out = K.quant_linear(dp, qt(0), params)
-    elif spec.op == "attention_scores":
-        scores = K.attention_scores(dp, qt(0), qt(1), num_heads, None, params)
-        return OpValue(np.asarray(scores, dtype=np.int64), np.asarray(params, dtype=F32))
-    elif spec.op == "int_exp":
-        mask = np.asarray(inputs[1].ints).astype(bool)[:, None, None, :]
-        scores = np.where(mask, np.asarray(inputs[0].ints, dtype=np.int64), -intops.SATURATION_I64)
-        out = K.int_exp(dp, scores, params)
-    elif spec.op == "softmax_normalize":
-        out = K.softmax_normalize(dp, qt(0), params)
-    elif spec.op == "attention_context":
-        out = dp.attention_context(qt(0), qt(1), num_heads, params)
-    elif spec.op == "int_gelu":
-        out = K.int_gelu(dp, qt(0), params)
-    elif spec.op == "int_layernorm":
-        out = K.int_layernorm(dp, qt(0), params)
-    else:  # pragma: no cover
-        raise VectorsError(f"unknown op {spec.op!r}")
+def run_op(dp, spec: Op, params, num_heads: int, inputs: List[OpValue]) -> OpValue:
+    """Run ``spec``'s kernel on datapath ``dp`` (:func:`ibert_ref.dataflow.run_op`, the call
+    the model makes, with the datapath's own kernel variants) on integer inputs; returns its
+    output integers, scale and exponent (see :class:`OpValue`). The scores are computed
+    without the mask; ``int_exp`` takes the mask as its second input."""
+    out = run_dataflow_op(dp, spec, params, [_qtensor(v) for v in inputs], num_heads=num_heads)
+    if not isinstance(out, QTensor):  # attention_scores: the raw int32 accumulators
+        return OpValue(np.asarray(out, dtype=np.int64), np.asarray(params, dtype=F32))
     exponent = getattr(out, "exponent", None)
     exponent = None if exponent is None else np.asarray(exponent, dtype=np.int64)
     return OpValue(np.asarray(dp.integers(out), dtype=np.int64), np.asarray(out.scale, dtype=F32), exponent)
-
-
-def _run(dp, spec: OpSpec, params, num_heads: int, inputs: List[np.ndarray], scales: List[np.ndarray]):
-    """:func:`run_op` on plain integer inputs; returns (integers, scale)."""
-    v = run_op(dp, spec, params, num_heads, [OpValue(i, s) for i, s in zip(inputs, scales)])
-    return v.ints, v.scale
-
-
-#: Op kinds the model's tracer names (the extra intermediates are not traced; their
-#: overflow records are claimed by the next traced op, as in the model).
-_TRACED_KINDS = ("QuantEmbedding", "QuantAct", "QuantLinear", "IntSoftmax", "IntGELU", "IntLayerNorm")
 
 
 def run_graph(compiled, dp, inputs: Dict[str, np.ndarray], config):
@@ -303,9 +198,9 @@ def run_graph(compiled, dp, inputs: Dict[str, np.ndarray], config):
     try:
         for spec in op_graph(config["num_hidden_layers"]):
             v = run_op(dp, spec, _params_of(compiled, spec), config["num_attention_heads"],
-                       [values[n] for n in spec.inputs])
+                       [values[n] for n in spec.sources])
             values[spec.name] = v
-            if spec.kind in _TRACED_KINDS and not spec.name.endswith(FIRST_CALL):
+            if spec.traced:
                 before = len(log.events) if log is not None else 0
                 dp.end_op(spec.name, spec.kind)
                 if log is not None and len(log.events) > before:
@@ -316,7 +211,7 @@ def run_graph(compiled, dp, inputs: Dict[str, np.ndarray], config):
     return values, events
 
 
-def _params_of(compiled, spec: OpSpec):
+def _params_of(compiled, spec: Op):
     group = compiled.embeddings if spec.layer is None else compiled.layers[spec.layer]
     return getattr(group, spec.params)
 
@@ -427,10 +322,10 @@ def _semantic(dp, key: str, default: str) -> str:
     return table.get(key, default)
 
 
-def _describe_params(w: _Writer, spec: OpSpec, p, in_scales, dp=None) -> dict:
+def _describe_params(w: _Writer, spec: Op, p, in_scales, dp=None) -> dict:
     """The manifest ``params`` of one op (constants inline, arrays by reference), with the
     datapath's semantics of the op where a hardware profile changes it."""
-    op = spec.op
+    op = spec.kernel
     hw = dp is not None and hasattr(dp, "semantics")
     if op == "quant_embedding":
         return {"table": w.param(spec.name, "table", np.asarray(p.w, dtype=np.int8), 8),
@@ -548,7 +443,7 @@ def write_vectors(
     manifest_ops = []
     for index, spec in enumerate(op_graph(cfg["num_hidden_layers"])):
         params = _params_of(model.compiled, spec)
-        in_scales = [graph[n].scale for n in spec.inputs]
+        in_scales = [graph[n].scale for n in spec.sources]
         v = graph[spec.name]
         q = v.ints
         if spec.name in result.trace:
@@ -559,16 +454,16 @@ def write_vectors(
             bits = result.trace_meta[spec.name].bits
             q = result.trace[spec.name]
         else:
-            bits = spec.bits
+            bits = spec.width
             q = q.astype(intops.smallest_int_dtype(int(q.min()), int(q.max())) if q.size else np.int64)
         entry = w.tensor(spec.name, q, bits, v.scale)
         if v.exponent is not None:
             entry["exponent"] = np.asarray(v.exponent, dtype=np.int64).reshape(-1).tolist()
             entry["exponent_semantics"] = ("held as data * 2^exponent at the op's compiled output scale (scale above "
                                            "includes 2^exponent); the next requantization uses shift e - exponent")
-        entry.update({"index": index, "kind": spec.kind, "op": spec.op, "inputs": list(spec.inputs),
+        entry.update({"index": index, "kind": spec.kind, "op": spec.kernel, "inputs": list(spec.sources),
                       "params": _describe_params(w, spec, params, in_scales, dp)})
-        if spec.op in ("attention_scores", "attention_context"):
+        if spec.kernel in ("attention_scores", "attention_context"):
             entry["params"]["num_heads"] = num_heads
         if spec.name in events:
             entry["overflow_events"] = [_event_dict(r) for r in events[spec.name]]
@@ -681,6 +576,6 @@ def rerun_op(entry: dict, arrays: Dict[str, np.ndarray], manifest: dict, dp=None
         inputs.append(OpValue(np.asarray(arrays[ref["npz_key"]], dtype=np.int64),
                               np.asarray(ref.get("scale", [1.0]), dtype=F32),
                               None if exponent is None else np.asarray(exponent, dtype=np.int64)))
-    spec = OpSpec(entry["name"], entry["kind"], entry["op"], tuple(entry["inputs"]), None)
+    spec = Op(entry["name"], entry["kind"], entry["op"], tuple(entry["inputs"]), None)
     heads = entry["params"].get("num_heads") or manifest["model"]["config"]["num_attention_heads"]
     return run_op(dp, spec, params_from_manifest(entry, arrays, dp), heads, inputs).ints

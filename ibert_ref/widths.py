@@ -225,17 +225,17 @@ def vpmaddubsw_pairs(model, input_ids, attention_mask=None, **call_kwargs) -> Li
     weight-sum compensation). ``P V`` is not listed: probabilities of one row sum to at most
     256, so ``p0 v0 + p1 v1`` stays within ``256 * 128 = 32768`` (never saturates)."""
     from .hardware.x86 import vnni_matmul
-    from .vectors import op_graph
+    from .dataflow import expand
 
     out = model(input_ids, attention_mask=attention_mask, return_trace=True, **call_kwargs)
     heads = int(model.config["num_attention_heads"])
     rows = []
-    for spec in op_graph(int(model.config["num_hidden_layers"])):
-        if spec.op == "quant_linear":
+    for spec in expand(int(model.config["num_hidden_layers"])):
+        if spec.kernel == "quant_linear":
             group = model.compiled.embeddings if spec.layer is None else model.compiled.layers[spec.layer]
             a = np.asarray(out.trace[spec.inputs[0]], dtype=np.int64)
             b = np.asarray(getattr(group, spec.params).w, dtype=np.int64).T
-        elif spec.op == "attention_scores":
+        elif spec.kernel == "attention_scores":
             q, k = (np.asarray(out.trace[n], dtype=np.int64) for n in spec.inputs)
             bsz, t, hidden = q.shape
             a = q.reshape(bsz, t, heads, hidden // heads).transpose(0, 2, 1, 3)

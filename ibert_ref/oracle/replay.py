@@ -16,10 +16,6 @@ import numpy as np
 
 from .. import kernels as K
 from ..compile import (
-    ACT_BITS,
-    EMBEDDING_ACT_BITS,
-    LN_INPUT_BITS,
-    SOFTMAX_ACT_BITS,
     act_scale,
     embedding_params,
     gelu_params,
@@ -28,6 +24,7 @@ from ..compile import (
     requant_params,
     softmax_params,
 )
+from ..dataflow import Op, module_kind, op_of, quant_act_bits, run_op
 from ..datapath import Datapath, QTensor, TransformersDatapath
 from ..intops import SATURATION_I64
 from ..quant import F32
@@ -67,33 +64,9 @@ def compare_integers(name: str, kind: str, ours: np.ndarray, theirs: np.ndarray)
     )
 
 
-def quant_act_bits(name: str) -> int:
-    """The activation width of a QuantAct from its module name (modeling_ibert.py)."""
-    if name.endswith("embeddings_act1") or name.endswith("softmax.act"):
-        return EMBEDDING_ACT_BITS if name.endswith("embeddings_act1") else SOFTMAX_ACT_BITS
-    if name.endswith("ln_input_act"):
-        return LN_INPUT_BITS
-    return ACT_BITS
-
-
-def module_kind(name: str) -> str:
-    """transformers' class name for an I-BERT module path."""
-    leaf = name.split(".")[-1]
-    if name.endswith("softmax.act") or leaf.endswith("_act") or leaf.endswith("_activation") or leaf.startswith(
-        "embeddings_act"
-    ):
-        return "QuantAct"
-    if leaf.endswith("_embeddings"):
-        return "QuantEmbedding"
-    if leaf in ("query", "key", "value", "dense"):
-        return "QuantLinear"
-    if leaf == "softmax":
-        return "IntSoftmax"
-    if leaf == "intermediate_act_fn":
-        return "IntGELU"
-    if leaf == "LayerNorm":
-        return "IntLayerNorm"
-    raise KeyError(f"not an I-BERT quantized module: {name}")
+#: A QuantAct called as transformers calls the module: one requantization of its input
+#: (plus identity), whatever op of the dataflow it belongs to.
+REQUANTIZE_ROW = Op("QuantAct", "QuantAct", "requantize", ("x",), "act")
 
 
 def _f32(a):
@@ -119,19 +92,22 @@ class NotReplayable(Exception):
 
 
 def replay_op(dp: Datapath, get: Callable[[str], np.ndarray], name: str, args, kwargs) -> QTensor:
-    """Run our kernel for module ``name`` on transformers' inputs ``args``/``kwargs``."""
-    kind = module_kind(name)
+    """Run our kernel for module ``name`` on transformers' inputs ``args``/``kwargs``: the
+    module's op of :mod:`ibert_ref.dataflow` through its one dispatcher, with constants
+    derived from the scales the module received (IntSoftmax: its i-exp op, then its
+    normalisation)."""
+    op, kind = op_of(name), module_kind(name)
     if kind == "QuantEmbedding":
-        return K.quant_embedding(dp, embedding_params(dp, get(name + ".weight")), np.asarray(args[0]))
+        return run_op(dp, op, embedding_params(dp, get(name + ".weight")), [np.asarray(args[0])])
     scale_arg = args[1] if len(args) > 1 else kwargs.get("scaling_factor")
     if kind == "QuantAct" and scale_arg is None:
         # a float producer (force_dequant): QuantAct's input-quantization path, which
         # ignores any identity (transformers' behaviour, see kernels.quantize_input)
         bits = quant_act_bits(name)
-        return K.quantize_input(dp, _f32(args[0]), K.QuantizeInputParams(bits, act_scale(get, name, bits)))
+        return run_op(dp, REQUANTIZE_ROW, K.QuantizeInputParams(bits, act_scale(get, name, bits)), [_f32(args[0])])
     x, s = _f32(args[0]), _f32(scale_arg)
     if kind == "QuantAct":
-        if name.endswith("softmax.act") and not isinstance(dp, TransformersDatapath):
+        if op.kernel != "requantize" and not isinstance(dp, TransformersDatapath):
             raise NotReplayable(
                 "the exact datapath folds i-exp's left shift into this requantization "
                 "(exp_int, up to ~2^70, is never materialised): replay IntSoftmax as a whole"
@@ -140,19 +116,20 @@ def replay_op(dp: Datapath, get: Callable[[str], np.ndarray], name: str, args, k
         identity = kwargs.get("identity", args[2] if len(args) > 2 else None)
         id_scale = kwargs.get("identity_scaling_factor", args[3] if len(args) > 3 else None)
         params = requant_params(bits, act_scale(get, name, bits), s, None if identity is None else _f32(id_scale))
-        ident = None if identity is None else as_datapath_input(dp, identity, id_scale)
-        return K.requantize(dp, as_datapath_input(dp, x, s), params, identity=ident)
+        ins = [as_datapath_input(dp, x, s)] + ([] if identity is None else [as_datapath_input(dp, identity, id_scale)])
+        return run_op(dp, REQUANTIZE_ROW, params, ins)
     if kind == "QuantLinear":
         params = linear_params(dp, get(name + ".weight"), get(name + ".bias"), s)
-        return K.quant_linear(dp, as_datapath_input(dp, x, s), params)
+        return run_op(dp, op, params, [as_datapath_input(dp, x, s)])
     if kind == "IntSoftmax":
-        params = softmax_params(dp, s.reshape(1), act_scale(get, name + ".act", SOFTMAX_ACT_BITS))
-        return K.int_softmax(dp, dp.recover(as_datapath_input(dp, x, s.reshape(1))), params)
+        params = softmax_params(dp, s.reshape(1), act_scale(get, name + ".act", quant_act_bits(name + ".act")))
+        exp16 = run_op(dp, op_of(name + ".act"), params, [dp.recover(as_datapath_input(dp, x, s.reshape(1)))])
+        return run_op(dp, op, params, [exp16])
     if kind == "IntGELU":
-        return K.int_gelu(dp, as_datapath_input(dp, x, s), gelu_params(dp, s))
+        return run_op(dp, op, gelu_params(dp, s), [as_datapath_input(dp, x, s)])
     if kind == "IntLayerNorm":
         params = layernorm_params(dp, get(name + ".weight"), get(name + ".bias"), get(name + ".shift"))
-        return K.int_layernorm(dp, as_datapath_input(dp, x, s), params)
+        return run_op(dp, op, params, [as_datapath_input(dp, x, s)])
     raise KeyError(kind)
 
 

@@ -33,8 +33,8 @@ exact integers. A differing element gets the cause of the first rung that reprod
 
 End to end, per element: ``stale-scale`` when the op's scale differs and the difference is the
 checked stale layer-input scale; the op's own difference when our e2e output equals our replay
-output (the replay's cause applies; ``softmax.act`` is also replayed from the scores IntSoftmax
-received, since the attention-score GEMM is not a traced module); ``cascade`` when our inputs
+output (the replay's cause applies; IntSoftmax's 16-bit QuantAct is also replayed from the scores
+IntSoftmax received, since the attention-score GEMM is not a traced module); ``cascade`` when our inputs
 differ because an upstream op already diverged; ``gemm-order`` when our whole run with torch's
 GEMM agrees there (an untraced GEMM, transformers datapath with ``gemm="numpy"``). Anything else
 is ``unexplained``; ``VerifyReport.ok`` is False then and ``ibert-ref verify`` exits with 1.
@@ -64,9 +64,10 @@ from ..compile import (
     requant_params,
     softmax_params,
 )
+from ..dataflow import LAYER_INPUT_OPS, block_output, module_kind, op_of, quant_act_bits, run_op
 from ..datapath import Datapath, ExactDatapath, GemmBackend, QTensor, TransformersDatapath, _split_heads
 from ..quant import F32, dyadic_from_ratio, dyadic_requant, weight_scale_per_channel_f32
-from .replay import compare_integers, module_kind, quant_act_bits
+from .replay import REQUANTIZE_ROW, compare_integers
 
 F64 = np.float64
 
@@ -274,22 +275,23 @@ def _input_scale(args, kwargs):
 
 
 def run_module(dp, get: Callable[[str], np.ndarray], name: str, args, kwargs, style: str, want: str = "out") -> np.ndarray:
-    """Run our kernel for transformers' module ``name`` on its captured ``args``/``kwargs``;
-    returns the output integers (int64). ``style`` says how inputs are handed to ``dp``.
-    ``want="exp"`` (IntSoftmax only): return the 16-bit exponentials (``softmax.act``'s
-    output) computed from the module's input scores instead of the probabilities."""
-    kind = module_kind(name)
+    """Run our kernel for transformers' module ``name`` on its captured ``args``/``kwargs``
+    (the module's op of :mod:`ibert_ref.dataflow`, through its one dispatcher); returns the
+    output integers (int64). ``style`` says how inputs are handed to ``dp``.
+    ``want="exp"`` (IntSoftmax only): return the 16-bit exponentials (the i-exp op's output)
+    computed from the module's input scores instead of the probabilities."""
+    op, kind = op_of(name), module_kind(name)
     if kind == "QuantEmbedding":
-        out = K.quant_embedding(dp, embedding_params(dp, get(name + ".weight")), np.asarray(args[0]))
+        out = run_op(dp, op, embedding_params(dp, get(name + ".weight")), [np.asarray(args[0])])
         return dp.integers(out).astype(np.int64)
     x = np.asarray(args[0])
     if kind == "QuantAct" and _input_scale(args, kwargs) is None:
         # a float producer (force_dequant): QuantAct's input-quantization path (no identity)
         bits = quant_act_bits(name)
-        out = K.quantize_input(dp, np.asarray(x, F32), K.QuantizeInputParams(bits, act_scale(get, name, bits)))
+        out = run_op(dp, REQUANTIZE_ROW, K.QuantizeInputParams(bits, act_scale(get, name, bits)), [np.asarray(x, F32)])
         return dp.integers(out).astype(np.int64)
     s = np.asarray(_input_scale(args, kwargs), F32)
-    if kind == "QuantAct" and name.endswith("softmax.act"):
+    if kind == "QuantAct" and op.kernel == "int_exp":
         out = _softmax_act(dp, get, name, x, s, style)
     elif kind == "QuantAct":
         bits = quant_act_bits(name)
@@ -297,21 +299,23 @@ def run_module(dp, get: Callable[[str], np.ndarray], name: str, args, kwargs, st
         id_scale = _arg(args, kwargs, 3, "identity_scaling_factor")
         id_scale = None if identity is None else np.asarray(id_scale, F32)
         params = requant_params(bits, act_scale(get, name, bits), s, id_scale)
-        ident = None if identity is None else QTensor(_input(style, identity, id_scale), id_scale)
-        out = K.requantize(dp, QTensor(_input(style, x, s), s), params, identity=ident)
+        ins = [QTensor(_input(style, x, s), s)]
+        if identity is not None:
+            ins.append(QTensor(_input(style, identity, id_scale), id_scale))
+        out = run_op(dp, REQUANTIZE_ROW, params, ins)
     elif kind == "QuantLinear":
         params = linear_params(dp, get(name + ".weight"), get(name + ".bias"), s)
-        out = K.quant_linear(dp, QTensor(_input(style, x, s), s), params)
+        out = run_op(dp, op, params, [QTensor(_input(style, x, s), s)])
     elif kind == "IntSoftmax":
-        params = softmax_params(dp, s.reshape(1), act_scale(get, name + ".act", SOFTMAX_ACT_BITS))
-        out = K.int_exp(dp, _scores(style, x, s.reshape(1)), params)
+        params = softmax_params(dp, s.reshape(1), act_scale(get, name + ".act", quant_act_bits(name + ".act")))
+        out = run_op(dp, op_of(name + ".act"), params, [_scores(style, x, s.reshape(1))])
         if want != "exp":
-            out = K.softmax_normalize(dp, out, params)
+            out = run_op(dp, op, params, [out])
     elif kind == "IntGELU":
-        out = K.int_gelu(dp, QTensor(_input(style, x, s), s), gelu_params(dp, s))
+        out = run_op(dp, op, gelu_params(dp, s), [QTensor(_input(style, x, s), s)])
     elif kind == "IntLayerNorm":
         params = layernorm_params(dp, get(name + ".weight"), get(name + ".bias"), get(name + ".shift"))
-        out = K.int_layernorm(dp, QTensor(_input(style, x, s), s), params)
+        out = run_op(dp, op, params, [QTensor(_input(style, x, s), s)])
     else:  # pragma: no cover - module_kind raises first
         raise KeyError(kind)
     with np.errstate(invalid="ignore"):
@@ -385,7 +389,7 @@ class _OpDetail:
     evidence: Dict[str, str] = field(default_factory=dict)
 
 
-#: Key suffix of the replay detail of ``softmax.act`` computed from IntSoftmax's input scores.
+#: Key suffix of the replay detail of IntSoftmax's 16-bit QuantAct computed from its input scores.
 FROM_SCORES = "@scores"
 
 
@@ -427,13 +431,13 @@ class _Context:
         parts = name.split(".")
         if len(parts) < 3 or parts[0] != "encoder" or int(parts[2]) == 0:
             return None
-        prev = f"encoder.layer.{int(parts[2]) - 1}.output.output_activation"
+        prev = block_output(int(parts[2]) - 1)
         out = self.capture.outputs.get(prev)
         return None if out is None else np.asarray(out[1], F32)
 
     def stale_input(self, name, passed_scale) -> Optional[str]:
         """Evidence text if ``name`` is a layer-input QuantLinear fed a scale that is not its producer's."""
-        if not name.endswith(("attention.self.query", "attention.self.key", "attention.self.value")):
+        if op_of(name).name not in LAYER_INPUT_OPS or name.startswith("embeddings."):
             return None
         producer = self.producer_scale(name)
         if producer is None or np.array_equal(producer.reshape(-1), np.asarray(passed_scale, F32).reshape(-1)):
@@ -538,7 +542,7 @@ def replay_and_classify(capture, get, dp: Datapath):
         reports[name] = _merge(per_call)
         details[name] = _OpDetail(ours=ours, theirs=theirs, cause_of=cause, evidence=evidence)
         if kind == "IntSoftmax" and name + ".act" in capture.trace:
-            # softmax.act end to end depends on the (untraced) attention scores: replay it from
+            # its QuantAct end to end depends on the (untraced) attention scores: replay it from
             # the scores IntSoftmax received, too.
             ours, theirs, cause, evidence = classify(ctx, name, calls[-1], capture.trace[name + ".act"], "exp")
             details[name + ".act" + FROM_SCORES] = _OpDetail(ours=ours, theirs=theirs, cause_of=cause,
@@ -876,8 +880,8 @@ def verify_profile(model_folder, dp, input_ids, attention_mask, token_type_ids=N
     """Compare hardware profile ``dp`` with the exact datapath and class every difference by
     the profile's documented deviation (no transformers involved).
 
-    Every op of the vectors op graph (:func:`ibert_ref.vectors.op_graph`: the traced modules
-    plus the ``Q K^T`` / ``P V`` accumulators and the first ``embeddings_act1`` call) is
+    Every op of the dataflow (:func:`ibert_ref.dataflow.expand`: the traced modules plus the
+    ``Q K^T`` / ``P V`` accumulators and the first call of the QuantAct called twice) is
     compared elementwise. An element that differs is classed by re-running the op on the
     same inputs:
 
@@ -930,8 +934,8 @@ def verify_profile(model_folder, dp, input_ids, attention_mask, token_type_ids=N
         first: Optional[str] = None
         for spec in graph:
             ours, ref = prof_vals[spec.name], exact_vals[spec.name]
-            ins = [prof_vals[n] for n in spec.inputs]
-            bad_inputs = [n for n in spec.inputs if _differs(prof_vals[n], exact_vals[n])]
+            ins = [prof_vals[n] for n in spec.sources]
+            bad_inputs = [n for n in spec.sources if _differs(prof_vals[n], exact_vals[n])]
             cascade = None
             if bad_inputs:
                 cascade = ("cascade", f"input(s) differ from the exact run: {', '.join(bad_inputs)}; first divergence "
@@ -961,7 +965,7 @@ def verify_profile(model_folder, dp, input_ids, attention_mask, token_type_ids=N
         replayed: Dict[str, OpValue] = {}
         for spec in graph:
             ins, reps = [], []
-            for n in spec.inputs:
+            for n in spec.sources:
                 own = replayed.get(n)
                 if own is not None and own.exponent is not None:
                     ins.append(own)  # the profile holds this input in its own form
