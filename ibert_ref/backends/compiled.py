@@ -63,6 +63,18 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1])
 
 
+_OUT_DTYPES = {}
+
+
+def _out_dtype(bits: int):
+    """The narrowest of int8/int16/int32/int64 holding ``bits`` signed bits (as the NumPy
+    backend's ``clamp_bits``), memoised."""
+    dt = _OUT_DTYPES.get(bits)
+    if dt is None:
+        dt = _OUT_DTYPES[bits] = np.dtype(intops.smallest_int_dtype(-(1 << (bits - 1)), (1 << (bits - 1)) - 1))
+    return dt
+
+
 def _scalar(v):
     """A size-1 integer constant as a Python int, or None."""
     v = np.asarray(v)
@@ -220,7 +232,7 @@ class CompiledDatapath(ExactDatapath):
         if mult is None:
             return None
         lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
-        out = np.empty(z.shape, dtype=intops.smallest_int_dtype(lo, hi))
+        out = np.empty(z.shape, dtype=_out_dtype(p.bits))
         out2 = out.reshape(-1, cols)
         if identity is None:
             refused = ck.requantize_rows(_rows(z), *mult, lo, hi, out2)
@@ -243,7 +255,7 @@ class CompiledDatapath(ExactDatapath):
         if mult is None:
             return None
         lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
-        out = np.empty(x.shape, dtype=intops.smallest_int_dtype(lo, hi))
+        out = np.empty(x.shape, dtype=_out_dtype(p.bits))
         out2 = out.reshape(-1, cols)
         if identity is None:
             gelu = x.gelu if x.gelu is not None else (x.bias,) * 3

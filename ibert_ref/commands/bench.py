@@ -684,6 +684,12 @@ def run(args) -> int:
                 "the tf-quant / tf-fp32 systems need the verify extra (pip install 'ibert-ref[verify]'); "
                 "or pass --systems exact,transformers"
             )
+    if "exact-compiled" in systems:
+        from ..backends import compiled_available
+
+        if not compiled_available():
+            raise ImportError("the exact-compiled system needs the fast extra (pip install 'ibert-ref[fast]'); "
+                              "or leave it out of --systems")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
     shapes = args.shapes if isinstance(args.shapes, list) else shape_list(args.shapes)
