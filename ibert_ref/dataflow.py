@@ -29,7 +29,7 @@ IntGELU and IntLayerNorm as in the paper's algorithm boxes (see :mod:`ibert_ref.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 

@@ -2,7 +2,8 @@
 
 ``IBertModel.from_pretrained(name_or_folder, datapath="exact" | "transformers")`` loads a
 transformers I-BERT checkpoint (safetensors), compiles every integer constant once
-(:mod:`ibert_ref.compile`) and runs the dataflow below on integer arrays. With
+(:mod:`ibert_ref.compile`) and interprets the dataflow (:mod:`ibert_ref.dataflow`: the op table, read top
+to bottom like the paper's boxes) on integer arrays. With
 ``return_trace=True`` the output carries, for every quantized module, the integer array
 its output stands for, keyed by transformers' module path.
 """
@@ -11,25 +12,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
 from . import kernels as K
 from .compile import CompiledModel, EmbeddingsParams, LayerParams, check_tensor_keys, compile_model, expected_shape
+from .dataflow import (
+    ATTENTION_MASK,
+    FIRST_CALL,
+    INPUT_IDS,
+    LAYER_INPUT,
+    POSITION_IDS,
+    TOKEN_TYPE_IDS,
+    block_ops,
+    run_op,
+)
+from .dataflow import OP_BITS as _OP_BITS
 from .datapath import Datapath, QTensor, TransformersDatapath, make_datapath
-from .float_ops import FloatLayerNormParams, FloatOps, float_ops_for
+from .float_ops import FloatOps, float_ops_for
 from .intops import smallest_int_dtype
 from .quant import F32
 
-#: Declared integer width of each module kind's output (what a hardware datapath must hold).
-OP_BITS = {
-    "QuantEmbedding": 8,
-    "QuantLinear": 32,
-    "IntSoftmax": 16,  # values in [0, 256]: 9 bits unsigned
-    "IntGELU": 64,  # ~40 bits on roberta-base-sized layers
-    "IntLayerNorm": 32,
-}
+#: Declared integer width of each module kind's output (the dataflow's table, shared).
+OP_BITS = _OP_BITS
 
 
 #: Per-chunk element budget of a forward pass: a batch is run in blocks of
@@ -149,30 +155,6 @@ def reproduces_transformers_quirks(dp) -> bool:
     return isinstance(dp, TransformersDatapath)
 
 
-def quant_act(dp, x, p):
-    """A QuantAct: dyadic requantization of an integer :class:`QTensor`, or — when its
-    producer ran in float (``force_dequant``) — the input-quantization path on the float32
-    value (``p`` is then a :class:`~ibert_ref.kernels.QuantizeInputParams`)."""
-    if isinstance(p, K.QuantizeInputParams):
-        return K.quantize_input(dp, x if isinstance(x, np.ndarray) else dp.dequantize(x), p)
-    return K.requantize(dp, x, p)
-
-
-def layer_norm(dp, fops, x: QTensor, p, rec, name):
-    """IntLayerNorm (traced), or its float32 fallback (returns a float32 array, untraced)."""
-    if isinstance(p, FloatLayerNormParams):
-        return fops.ibert_layernorm(dp.dequantize(x), p)
-    try:
-        out = K.int_layernorm(dp, x, p)
-    except ZeroDivisionError as exc:
-        raise DegenerateRowError(
-            f"{name}: an input row is constant (all {x.data.shape[-1]} channels equal, standard deviation 0), so "
-            "IntLayerNorm's 2^31 / std is undefined (transformers gives NaN here); the QuantAct range before "
-            "this LayerNorm is too coarse for these inputs"
-        ) from exc
-    return rec(name, "IntLayerNorm", out)
-
-
 def _batch_array(block, batch: int):
     """An uninitialised array for ``batch`` rows shaped like ``block`` (None stays None)."""
     if block is None:
@@ -201,31 +183,85 @@ class DegenerateRowError(ValueError):
     """An input row for which an integer kernel is undefined (a constant IntLayerNorm row)."""
 
 
+def run_block(dp, ops, env: dict, *, params: Callable, rec=None, num_heads: int = 1, mask=None, fops=None,
+              head_mask=None, hooks: Optional[Dict[str, Callable]] = None, after: Optional[Callable] = None) -> dict:
+    """Interpret one block of :mod:`ibert_ref.dataflow` (``ops``: its rows with absolute names)
+    on datapath ``dp``: each op's kernel (:func:`ibert_ref.dataflow.run_op`) on the values of
+    its inputs, in order. ``env`` holds the block inputs (ids, the layer input) and receives
+    every op's output; it is returned.
+
+    * ``params(op, args)``: the op's compiled constants (the model reads them from its
+      :class:`~ibert_ref.compile.LayerParams`; calibration compiles them when the op runs);
+    * ``rec(name, kind, value, bits)``: the tracer, called on every traced op's integer output
+      (it also tells the datapath which op just ran: overflow records are filed under it);
+    * ``mask`` (B, T) 0/1: handed to the scores kernel, which masks as its datapath holds
+      values (transformers adds float32's minimum; the exact datapath a sentinel), so the i-exp
+      op takes the masked scores alone;
+    * ``head_mask`` (nh,) 0/1: multiplies IntSoftmax's output after it is traced;
+    * ``hooks``: op name -> ``hook(env)`` computing that op's value instead of its kernel (it may
+      fill later ops' values too; an op whose value is already in ``env`` is skipped). Hook
+      values are not traced;
+    * ``after(op, value)``: called with every kernel output (after tracing).
+    """
+    hooks = hooks or {}
+    for op in ops:
+        if op.name in env:
+            continue
+        if op.name in hooks:
+            env[op.name] = hooks[op.name](env)
+            continue
+        args = [env[n] for n in op.sources if n != ATTENTION_MASK]
+        p = params(op, args)
+        try:
+            out = run_op(dp, op, p, args, num_heads=num_heads, mask=mask, fops=fops)
+        except ZeroDivisionError as exc:
+            if op.kernel != "int_layernorm":
+                raise
+            raise DegenerateRowError(
+                f"{op.name}: an input row is constant (all {args[0].data.shape[-1]} channels equal, standard deviation "
+                "0), so IntLayerNorm's 2^31 / std is undefined (transformers gives NaN here); the QuantAct range before "
+                "this LayerNorm is too coarse for these inputs"
+            ) from exc
+        if rec is not None and op.traced and isinstance(out, QTensor):
+            out = rec(op.name, op.kind, out, op.bits)
+        if op.kind == "IntSoftmax" and head_mask is not None:
+            out = QTensor(out.data * head_mask.astype(out.data.dtype)[None, :, None, None], out.scale)
+        if after is not None:
+            after(op, out)
+        env[op.name] = out
+    return env
+
+
+def _compiled(group):
+    """``params`` for :func:`run_block` from compiled constants: the op's field of ``group``."""
+    return lambda op, args: getattr(group, op.params)
+
+
 def embeddings_forward(
     dp, p: EmbeddingsParams, input_ids, token_type_ids, position_ids, rec, *, inputs_embeds=None, fops=None
 ) -> QTensor:
-    """ids (B,T) -> int8 (B,T,H). word + token_type (16-bit act) + position (same act), LN, int8.
+    """ids (B,T) -> int8 (B,T,H): the embeddings block of :mod:`ibert_ref.dataflow`
+    (word + token type, 16-bit; + position, the same QuantAct; IntLayerNorm; int8).
 
-    ``inputs_embeds`` (B,T,H float32) replaces the word lookup: act1 quantizes it on its
-    input path (16 bits). transformers' input path ignores the token-type identity (the
+    ``inputs_embeds`` (B,T,H float32) replaces the word lookup: act1's first call quantizes it
+    on its input path (16 bits). transformers' input path ignores the token-type identity (the
     quirk is reproduced by the transformers datapath); the other datapaths add it.
     """
-    pre = "embeddings."
-    fops = fops or FloatOps()
-    token_type_q = K.quant_embedding(dp, p.token_type, token_type_ids)
-    if inputs_embeds is None:
-        word = rec(pre + "word_embeddings", "QuantEmbedding", K.quant_embedding(dp, p.word, input_ids))
-        token_type = rec(pre + "token_type_embeddings", "QuantEmbedding", token_type_q)
-        emb = K.requantize(dp, word, p.act1_first, identity=token_type)
-    else:
-        token_type = rec(pre + "token_type_embeddings", "QuantEmbedding", token_type_q)
-        emb = K.quantize_input(dp, inputs_embeds, p.act1_input)
-        if not reproduces_transformers_quirks(dp):
-            emb = K.requantize(dp, emb, p.act1_input_identity, identity=token_type)
-    position = rec(pre + "position_embeddings", "QuantEmbedding", K.quant_embedding(dp, p.position, position_ids))
-    emb = rec(pre + "embeddings_act1", "QuantAct", K.requantize(dp, emb, p.act1_second, identity=position), 16)
-    emb = layer_norm(dp, fops, emb, p.layernorm, rec, pre + "LayerNorm")
-    return rec(pre + "output_activation", "QuantAct", quant_act(dp, emb, p.output_activation), 8)
+    env = {INPUT_IDS: input_ids, TOKEN_TYPE_IDS: token_type_ids, POSITION_IDS: position_ids}
+    ops = block_ops(None)
+    hooks = {}
+    if inputs_embeds is not None:
+        word, first = ops[0].name, next(op for op in ops if op.name.endswith(FIRST_CALL))
+
+        def embeds_first_call(env):
+            emb = K.quantize_input(dp, inputs_embeds, p.act1_input)
+            if reproduces_transformers_quirks(dp):
+                return emb
+            return K.requantize(dp, emb, p.act1_input_identity, identity=env[first.identity])
+
+        hooks = {word: lambda env: None, first.name: embeds_first_call}
+    env = run_block(dp, ops, env, params=_compiled(p), rec=rec, fops=fops or FloatOps(), hooks=hooks)
+    return env[ops[-1].name]
 
 
 def float_softmax_attention(dp, fops, q: QTensor, k: QTensor, v: QTensor, mask, num_heads, head_mask):
@@ -242,60 +278,36 @@ def float_softmax_attention(dp, fops, q: QTensor, k: QTensor, v: QTensor, mask, 
     return fops.attention_context(probs, dp.dequantize(v), num_heads), probs
 
 
-def self_attention(dp, p: LayerParams, h: QTensor, mask, num_heads, rec, pre, *, fops=None, head_mask=None) -> tuple:
-    """int8 (B,T,H) -> int8 context (B,T,H), and the probabilities (B,nh,T,T) in [0, 256]
-    (a float32 array when the softmax is dequantized). ``head_mask`` (nh,) of 0/1
-    multiplies each head's probabilities (I-BERT's documented ``head_mask``)."""
-    q = rec(pre + "query", "QuantLinear", K.quant_linear(dp, h, p.query))
-    k = rec(pre + "key", "QuantLinear", K.quant_linear(dp, h, p.key))
-    v = rec(pre + "value", "QuantLinear", K.quant_linear(dp, h, p.value))
-    q = rec(pre + "query_activation", "QuantAct", K.requantize(dp, q, p.query_activation), 8)
-    k = rec(pre + "key_activation", "QuantAct", K.requantize(dp, k, p.key_activation), 8)
-    v = rec(pre + "value_activation", "QuantAct", K.requantize(dp, v, p.value_activation), 8)
-    if p.softmax is None:
-        context, probs = float_softmax_attention(dp, fops or FloatOps(), q, k, v, mask, num_heads, head_mask)
-    else:
-        scores = K.attention_scores(dp, q, k, num_heads, mask, p.score_scale)
-        exp16 = rec(pre + "softmax.act", "QuantAct", K.int_exp(dp, scores, p.softmax), 16)
-        probs = rec(pre + "softmax", "IntSoftmax", K.softmax_normalize(dp, exp16, p.softmax))
-        if head_mask is not None:
-            probs = QTensor(probs.data * head_mask.astype(probs.data.dtype)[None, :, None, None], probs.scale)
-        context = dp.attention_context(probs, v, num_heads, p.context_scale)
-    context = rec(pre + "output_activation", "QuantAct", quant_act(dp, context, p.self_output_activation), 8)
-    return context, probs
-
-
 def layer_forward(dp, p: LayerParams, h: QTensor, mask, num_heads, rec, pre, *, fops=None, head_mask=None) -> tuple:
-    """One IBertLayer: attention block and feed-forward block, each with residual + IntLayerNorm.
+    """One IBertLayer (int8 (B,T,H) -> int8 (B,T,H)): the layer block of
+    :mod:`ibert_ref.dataflow` (``pre``: ``encoder.layer.N.``), attention and feed-forward, each
+    with residual + IntLayerNorm. Returns the output and the probabilities (B,nh,T,T) in
+    [0, 256] after ``head_mask`` (a float32 array when the softmax is dequantized).
 
     Non-linearities named by ``force_dequant`` run in float32 (``fops``); the QuantAct after
-    each of them then quantizes its float input (input-quantization path)."""
+    each of them then quantizes its float input (input-quantization path). A float softmax
+    replaces the four attention ops from the scores to the context (a hook)."""
     fops = fops or FloatOps()
-    context, probs = self_attention(
-        dp, p, h, mask, num_heads, rec, pre + "attention.self.", fops=fops, head_mask=head_mask
-    )
+    layer = int(pre.split(".")[2])
+    ops = block_ops(layer)
+    by_kernel = {op.kernel: op.name for op in ops}
+    hooks = {}
+    if p.softmax is None:
+        scores_op = next(op for op in ops if op.kernel == "attention_scores")
+        context_op = next(op for op in ops if op.kernel == "attention_context")
+        q_name, k_name = scores_op.inputs
+        v_name = context_op.inputs[1]
 
-    ao = pre + "attention.output."
-    a = rec(ao + "dense", "QuantLinear", K.quant_linear(dp, context, p.attn_dense))
-    a = rec(ao + "ln_input_act", "QuantAct", K.requantize(dp, a, p.attn_ln_input_act, identity=h), 22)
-    a = layer_norm(dp, fops, a, p.attn_layernorm, rec, ao + "LayerNorm")
-    a = rec(ao + "output_activation", "QuantAct", quant_act(dp, a, p.attn_output_activation), 8)
+        def float_attention(env):
+            context, probs = float_softmax_attention(dp, fops, env[q_name], env[k_name], env[v_name], mask, num_heads,
+                                                     head_mask)
+            env.update({by_kernel["int_exp"]: None, by_kernel["softmax_normalize"]: probs, context_op.name: context})
+            return None
 
-    a = rec(pre + "pre_intermediate_act", "QuantAct", K.requantize(dp, a, p.pre_intermediate_act), 8)
-    f = rec(pre + "intermediate.dense", "QuantLinear", K.quant_linear(dp, a, p.intermediate_dense))
-    if p.gelu is None:
-        f = fops.gelu(dp.dequantize(f))  # force_dequant gelu: nn.GELU in float32
-    else:
-        f = rec(pre + "intermediate.intermediate_act_fn", "IntGELU", K.int_gelu(dp, f, p.gelu))
-    f = rec(pre + "intermediate.output_activation", "QuantAct", quant_act(dp, f, p.intermediate_output_activation), 8)
-    f = rec(pre + "pre_output_act", "QuantAct", K.requantize(dp, f, p.pre_output_act), 8)
-
-    o = pre + "output."
-    y = rec(o + "dense", "QuantLinear", K.quant_linear(dp, f, p.output_dense))
-    y = rec(o + "ln_input_act", "QuantAct", K.requantize(dp, y, p.output_ln_input_act, identity=a), 22)
-    y = layer_norm(dp, fops, y, p.output_layernorm, rec, o + "LayerNorm")
-    y = rec(o + "output_activation", "QuantAct", quant_act(dp, y, p.output_activation), 8)
-    return y, probs
+        hooks = {scores_op.name: float_attention}
+    env = run_block(dp, ops, {LAYER_INPUT: h}, params=_compiled(p), rec=rec, num_heads=num_heads, mask=mask,
+                    fops=fops, head_mask=head_mask, hooks=hooks)
+    return env[ops[-1].name], env[by_kernel["softmax_normalize"]]
 
 
 def pooler_forward(pooler, h_f32: np.ndarray, fops: Optional[FloatOps] = None) -> np.ndarray:
