@@ -358,8 +358,8 @@ def test_int_layernorm_equals_reference(data):
     try:
         ref = K.int_layernorm(REF, as_reference(xq), p)
     except (ZeroDivisionError, OverflowError, ValueError) as exc:
-        with pytest.raises(type(exc)):
-            K.int_layernorm(COMPILED, xq, p)
+        with pytest.raises(type(exc)):  # deferred: raised when its integers are read
+            K.int_layernorm(COMPILED, xq, p).data
         return
     got = COMPILED.compiled_kernel("int_layernorm")(COMPILED, xq, p)
     assert got is not None
@@ -371,7 +371,10 @@ def test_int_layernorm_constant_row_raises_like_the_reference():
     x = QTensor(np.array([[1, 2, 3, 4], [7, 7, 7, 7]], dtype=np.int32), ONE)
     for dp in (REF, COMPILED):
         with pytest.raises(ZeroDivisionError):
-            K.int_layernorm(dp, x, p)
+            K.int_layernorm(dp, x, p).data  # the compiled backend defers it: raised when read
+    q = K.RequantParams(bits=8, out_scale=ONE, dy=Dyadic(m=np.array([1 << 30]), e=np.array([40])))
+    with pytest.raises(ZeroDivisionError):  # or when its QuantAct consumes it
+        K.requantize(COMPILED, K.int_layernorm(COMPILED, x, p), q)
 
 
 # ---------------------------------------------------------------------------------------
@@ -449,6 +452,47 @@ def test_fused_linear_chains_equal_reference(data):
     step = K.quant_linear(COMPILED, x, lin)
     same(step.data, REF.linear(x.data, lin.w, lin.b), "materialised accumulator")
     same(K.requantize(COMPILED, step, req).data, chains["linear->act"](REF).data, "materialised, then requantized")
+
+
+@SETTINGS
+@given(data=st.data())
+def test_fused_softmax_and_layernorm_chains_equal_reference(data):
+    """Deferred ops fused into their consumer: scores -> i-exp -> normalisation -> P V (the
+    exponentials and P never written; P - 128 straight from the scores), and IntLayerNorm ->
+    QuantAct; each also read at every step. The same integers as the reference's ops."""
+    from ibert_ref.backends.compiled import DeferredProbs
+
+    p = data.draw(S.softmax_params("exact", act_headroom=st.sampled_from([1.0, 0.25, 4.0])))
+    s = data.draw(score_arrays(p))
+    b, heads, t, _ = s.shape
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    v = QTensor(rng.integers(-128, 128, size=(b, t, heads * 4)).astype(np.int8), ONE)
+    ref_e = K.int_exp(REF, as_reference(s), p)
+    ref_p = K.softmax_normalize(REF, ref_e, p)
+    ref_ctx = REF.attention_context(ref_p, v, heads, ONE).data
+    probs = K.softmax_normalize(COMPILED, K.int_exp(COMPILED, s, p), p)
+    same(COMPILED.attention_context(probs, v, heads, ONE).data, ref_ctx, "context from unread probabilities")
+    same(probs.data, ref_p.data, "probabilities read after the context")
+    exp16 = K.int_exp(COMPILED, s, p)
+    same(exp16.data, ref_e.data, "exponentials")
+    probs = K.softmax_normalize(COMPILED, exp16, p)
+    same(probs.data, ref_p.data, "probabilities from read exponentials")
+    same(COMPILED.attention_context(probs, v, heads, ONE).data, ref_ctx, "context from read probabilities")
+    probs = K.softmax_normalize(COMPILED, K.int_exp(COMPILED, s, p), p)
+    import ibert_ref.backends.compiled as compiled_mod
+
+    assert isinstance(probs, DeferredProbs) or -int(np.asarray(p.x0_30).reshape(-1)[0]) >= compiled_mod.EXP_TABLE_MAX
+    same(probs.data, ref_p.data, "probabilities read first")
+
+    hidden = data.draw(st.sampled_from([2, 8, 33]))
+    ln = data.draw(S.layernorm_params("exact", hidden=hidden, shift=st.integers(0, 12)))
+    x = QTensor(widened(rng.integers(-(1 << 21), 1 << 21, size=(2, 3, hidden)), data.draw(st.sampled_from((np.int32, np.int64)))), ONE)
+    req = data.draw(S.requant_params("exact", bits=st.sampled_from([8, 16]), in_bits=32))[0]
+    ref = K.requantize(REF, K.int_layernorm(REF, as_reference(x), ln), req).data
+    same(K.requantize(COMPILED, K.int_layernorm(COMPILED, x, ln), req).data, ref, "LayerNorm -> QuantAct fused")
+    y = K.int_layernorm(COMPILED, x, ln)
+    same(y.data, K.int_layernorm(REF, as_reference(x), ln).data, "LayerNorm read")
+    same(K.requantize(COMPILED, y, req).data, ref, "LayerNorm read, then QuantAct")
 
 
 def test_int_gemm_self_check_accepts_torch_and_rejects_a_saturating_gemm():

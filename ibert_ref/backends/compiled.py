@@ -43,6 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from .. import intops  # noqa: E402
+from .. import kernels as K  # noqa: E402
 from ..datapath import ExactDatapath, QTensor  # noqa: E402
 from . import compiled_kernels as ck  # noqa: E402
 from .int_gemm import TorchIntGemm, choose_gemm  # noqa: E402
@@ -111,6 +112,99 @@ class DeferredLinear(QTensor):
                 out = np.empty(self.acc.shape, dtype=I64)
                 ck.int_gelu_rows(self.acc, self.bias, *self.gelu, out)
             self._data = out.reshape(self.shape)
+        return self._data
+
+
+class DeferredExp(QTensor):
+    """i-exp's 16-bit output (softmax's ``act``) not yet written: the scores ``rows`` (rows, T)
+    and the exact table of :func:`~ibert_ref.backends.compiled_kernels.int_exp_table` (every
+    entry in ``[0, 2^15)``, the ``x = 0`` one positive). Reading ``data`` writes it
+    (:func:`~ibert_ref.backends.compiled_kernels.int_exp_lookup_rows`); the softmax
+    normalisation that consumes it unread recomputes the exponentials in its own pass."""
+
+    def __init__(self, rows, x0_30, table, shape, scale):  # noqa: D107
+        self.rows, self.x0_30, self.table, self.shape = rows, x0_30, table, shape
+        self.scale = scale
+        self._data = None
+
+    @property
+    def materialized(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self):
+        if self._data is None:
+            out = np.empty(self.rows.shape, dtype=np.int16)
+            ck.int_exp_lookup_rows(self.rows, self.x0_30, self.table, out)  # never refuses: checked table
+            self._data = out.reshape(self.shape)
+        return self._data
+
+
+class DeferredProbs(QTensor):
+    """IntSoftmax's probabilities not yet written, computed from the scores in one pass
+    (:func:`~ibert_ref.backends.compiled_kernels.softmax_rows`): ``data`` as int16, or
+    :meth:`minus_128` — the int8 operand ``P - 128`` of the context GEMM — without writing
+    ``P`` at all."""
+
+    def __init__(self, rows, x0_30, table, shift, shape, scale):  # noqa: D107
+        self.rows, self.x0_30, self.table, self.shift, self.shape = rows, x0_30, table, shift, shape
+        self.scale = scale
+        self._data = None
+        self._p8 = None
+
+    @property
+    def materialized(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self):
+        if self._data is None:
+            if self._p8 is not None:  # every P <= 255 was checked: P = (P - 128) + 128 exactly
+                self._data = self._p8.astype(np.int16) + np.int16(128)
+            else:
+                out = np.empty(self.rows.shape, dtype=np.int16)
+                ck.softmax_rows(self.rows, self.x0_30, self.table, self.shift, False, out)
+                self._data = out.reshape(self.shape)
+        return self._data
+
+    def minus_128(self):
+        """``(P - 128 as int8 (B, nh, T, T), how many P exceed 255)``. When none does, the int8
+        array is kept (1 byte per probability) and the scores are released."""
+        if self._p8 is not None:
+            return self._p8, 0
+        out = np.empty(self.rows.shape, dtype=np.int8)
+        over = ck.softmax_rows(self.rows, self.x0_30, self.table, self.shift, True, out)
+        out = out.reshape(self.shape)
+        if not over:
+            self._p8, self.rows = out, None
+        return out, over
+
+
+class DeferredLayerNorm(QTensor):
+    """IntLayerNorm's int64 output not yet written: its input rows and constants. Reading
+    ``data`` writes it (:func:`~ibert_ref.backends.compiled_kernels.int_layernorm_rows`; where
+    that refuses a row, the NumPy kernel runs and raises the reference's error); the QuantAct
+    that consumes it unread computes it row by row in its own pass
+    (:func:`~ibert_ref.backends.compiled_kernels.layernorm_requantize_rows`)."""
+
+    def __init__(self, dp, x, p, rows, shift, bias, shape):  # noqa: D107
+        self.dp, self.x, self.p = dp, x, p
+        self.rows, self.shift, self.bias, self.shape = rows, shift, bias, shape
+        self.scale = p.out_scale
+        self._data = None
+
+    @property
+    def materialized(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self):
+        if self._data is None:
+            out = np.empty(self.rows.shape, dtype=I64)
+            if ck.int_layernorm_rows(self.rows, self.shift, self.bias, out):
+                self._data = np.asarray(K.int_layernorm.__wrapped__(self.dp, self.x, self.p).data)  # raises
+            else:
+                self._data = out.reshape(self.shape)
         return self._data
 
 
@@ -224,6 +318,14 @@ class CompiledDatapath(ExactDatapath):
     def _requantize(dp, x, p, identity=None):
         if isinstance(x, DeferredLinear) and not x.materialized and 2 <= p.bits <= 32:
             return dp._requantize_linear(x, p, identity)
+        if isinstance(x, DeferredLayerNorm) and not x.materialized and identity is None and 2 <= p.bits <= 32:
+            mult = dp._multiplier(dp.requant_multiplier(p.dy, x), x.rows.shape[-1])
+            if mult is not None:
+                lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
+                out = np.empty(x.shape, dtype=_out_dtype(p.bits))
+                if not ck.layernorm_requantize_rows(x.rows, x.shift, x.bias, *mult, lo, hi,
+                                                    out.reshape(x.rows.shape)):
+                    return dp.emit(out, p.out_scale)
         z = np.asarray(dp.round_recover(x))
         if z.dtype not in _INTS or z.ndim == 0 or z.size == 0 or not 2 <= p.bits <= 32:
             return None  # (wider outputs do not occur in I-BERT: the NumPy kernel runs)
@@ -284,9 +386,13 @@ class CompiledDatapath(ExactDatapath):
         out = np.empty(s.shape, dtype=np.int16)
         if -EXP_TABLE_MAX < x0_30 <= 0:  # x = max(s - rowmax, x0_30) has -x0_30 + 1 values: a table
             key = ("exp", x0_int, x0_30, b_int, c_int, m, e, lo, hi)
-            table = dp._vectors.get(key)
-            if table is None:
-                table = dp._vectors[key] = ck.int_exp_table(x0_int, x0_30, b_int, c_int, m, e, lo, hi)
+            hit = dp._vectors.get(key)
+            if hit is None:
+                table = ck.int_exp_table(x0_int, x0_30, b_int, c_int, m, e, lo, hi)
+                hit = dp._vectors[key] = (table, bool(table.min() >= 0 and table[-1] > 0))
+            table, clean = hit
+            if clean and lo <= 0 and hi <= (1 << 15) - 1:  # never refuses; a positive entry at x = 0
+                return DeferredExp(_rows(s), x0_30, table, s.shape, np.asarray(p.act_scale, dtype=np.float32))
             refused = ck.int_exp_lookup_rows(_rows(s), x0_30, table, out.reshape(-1, s.shape[-1]))
         else:
             refused = ck.int_exp_rows(_rows(s), x0_int, x0_30, b_int, c_int, m, e, lo, hi, out.reshape(-1, s.shape[-1]))
@@ -296,8 +402,10 @@ class CompiledDatapath(ExactDatapath):
     def _softmax_normalize(dp, e, p):
         from ..kernels import SOFTMAX_OUT_SCALE_F32  # noqa: PLC0415 - kernels import the datapath
 
-        data = np.asarray(dp.recover(e))
         shift = 32 - int(p.out_bits)
+        if isinstance(e, DeferredExp) and not e.materialized and 18 <= shift <= 62:
+            return DeferredProbs(e.rows, e.x0_30, e.table, shift, e.shape, SOFTMAX_OUT_SCALE_F32)
+        data = np.asarray(dp.recover(e))
         if data.dtype not in _INTS or data.ndim == 0 or data.size == 0 or not 18 <= shift <= 62:
             return None
         out = np.empty(data.shape, dtype=np.int16)
@@ -333,9 +441,7 @@ class CompiledDatapath(ExactDatapath):
         bias = dp._vector(p.bias_int, cols)
         if bias is None:
             return None
-        out = np.empty(data.shape, dtype=I64)
-        refused = ck.int_layernorm_rows(_rows(data), shift, bias, out.reshape(-1, cols))
-        return None if refused else dp.emit(out, p.out_scale)
+        return DeferredLayerNorm(dp, x, p, _rows(data), shift, bias, data.shape)
 
     # ---- GEMMs ------------------------------------------------------------------------
     def linear(self, x, w, b):
@@ -430,13 +536,19 @@ class CompiledDatapath(ExactDatapath):
         ``P V = (P - 128) V + 128 * sum_rows(V)`` with ``P - 128`` and ``V`` int8 (int32 sums,
         ``T * 2^14`` at most), heads merged by one compiled pass; else
         :meth:`_attention_context_f32`."""
-        pd, vd = np.asarray(p.data), np.asarray(v.data)
-        if (self._torch is None or self.oplog is not None or pd.ndim != 4 or vd.ndim != 3 or pd.size == 0
-                or pd.dtype not in _INTS or vd.dtype != np.int8 or pd.shape[-1] != vd.shape[1]):
+        deferred = isinstance(p, DeferredProbs) and not p.materialized
+        pd, vd = (None if deferred else np.asarray(p.data)), np.asarray(v.data)
+        shape, dtype = (p.shape, np.dtype(np.int16)) if deferred else (pd.shape, pd.dtype)
+        if (self._torch is None or self.oplog is not None or len(shape) != 4 or vd.ndim != 3 or vd.size == 0
+                or dtype not in _INTS or vd.dtype != np.int8 or shape[-1] != vd.shape[1] or 0 in shape):
             return self._attention_context_f32(p, v, num_heads, scale_f32)
-        b, nh, t, t_k = pd.shape
-        p8 = np.empty(pd.shape, dtype=np.int8)
-        if ck.probs_minus_128(np.ascontiguousarray(pd).reshape(-1, t_k), p8.reshape(-1, t_k)):
+        b, nh, t, t_k = shape
+        if deferred:
+            p8, over = p.minus_128()  # P - 128 straight from the scores: P itself never written
+        else:
+            p8 = np.empty(pd.shape, dtype=np.int8)
+            over = ck.probs_minus_128(np.ascontiguousarray(pd).reshape(-1, t_k), p8.reshape(-1, t_k))
+        if over:
             return self._attention_context_f32(p, v, num_heads, scale_f32)  # a 256 (one live key)
         torch = self._torch
         hd = vd.shape[-1] // nh

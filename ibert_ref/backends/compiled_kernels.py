@@ -673,3 +673,95 @@ def merge_heads_plus(ctx, colsum, out):
                 out[bi, ti, h * hd + d] = ctx[bi, h, ti, d] + 128 * colsum[bi, h, d]
     return 0
 
+
+@njit(parallel=True, cache=True)
+def softmax_rows(s, x0_30, table, shift, minus_128, out):
+    """IntSoftmax in one pass per row, from the raw scores: the 16-bit exponentials
+    ``e = table[max(s - max_row(s), x0_30) - x0_30]`` (:func:`int_exp_table`, every entry in
+    ``[0, 2^15)`` and the ``x = 0`` entry positive: the caller checked), then
+    ``p = floor(e * floor(2^32 / sum_row(e)) / 2^shift)`` as :func:`softmax_normalize_rows`,
+    written as ``p`` (``minus_128`` false: ``out`` int16) or as ``p - 128`` (``minus_128`` true:
+    ``out`` int8, the context GEMM's operand, :func:`probs_minus_128`). Returns the number of
+    ``p`` above 255 (with ``minus_128``: their ``out`` wrapped; the caller takes another route).
+    The exponentials are the integers :func:`int_exp_lookup_rows` writes; they stay in a row
+    buffer instead of memory."""
+    rows, cols = s.shape
+    over = 0
+    step = max(1, -(-rows // _CHUNKS))
+    for c in prange(-(-rows // step)):
+        ev = np.empty(cols, dtype=np.int64)
+        for i in range(c * step, min(rows, (c + 1) * step)):
+            mx = np.int64(s[i, 0])
+            for j in range(1, cols):
+                v = np.int64(s[i, j])
+                if v > mx:
+                    mx = v
+            total = np.int64(0)
+            for j in range(cols):
+                x = np.int64(s[i, j]) - mx
+                if x < x0_30:
+                    x = x0_30
+                ev[j] = table[x - x0_30]
+                total += ev[j]
+            factor = (np.int64(1) << 32) // total
+            bad = 0
+            if minus_128:
+                for j in range(cols):
+                    v = (ev[j] * factor) >> shift
+                    bad += v > 255
+                    out[i, j] = v - 128
+            else:
+                for j in range(cols):
+                    out[i, j] = (ev[j] * factor) >> shift
+            over += bad
+    return over
+
+
+@njit(parallel=True, cache=True)
+def layernorm_requantize_rows(x, shift, bias, m, e, d, zlim, dmax, lo, hi, out):
+    """IntLayerNorm followed by its QuantAct in one pass per row: the row's IntLayerNorm output
+    (:func:`int_layernorm_rows`' integers, int64) kept in a row buffer, then
+    ``out = clamp(rne(y * m / 2^e), lo, hi)`` by the routes of :func:`dyadic_row`. Returns the
+    number of refused rows (IntLayerNorm's or the requantization's: the caller then runs the
+    unfused ops, which raise the reference's error)."""
+    rows, cols = x.shape
+    refused = 0
+    step = max(1, -(-rows // _CHUNKS))
+    for c in prange(-(-rows // step)):
+        y = np.empty(cols, dtype=np.int64)
+        tmp = np.empty(cols, dtype=np.int64)
+        for i in range(c * step, min(rows, (c + 1) * step)):
+            total = np.int64(0)
+            for j in range(cols):
+                total += np.int64(x[i, j])
+            q = total // cols
+            r2 = 2 * (total - q * cols)
+            mean = q
+            if r2 > cols or (r2 == cols and (q & 1) == 1):
+                mean += 1
+            var = np.int64(0)
+            for j in range(cols):
+                ys = (np.int64(x[i, j]) - mean) >> shift
+                var += ys * ys
+            if var < 0 or var >= SAT:
+                refused += 1
+                continue
+            std = isqrt_i64(var) * (np.int64(1) << shift)
+            if std <= 0:
+                refused += 1
+                continue
+            factor = (np.int64(1) << 31) // std
+            for j in range(cols):
+                y[j] = (((np.int64(x[i, j]) - mean) * factor) >> 1) + bias[j]
+            if dyadic_row(y, m, e, d, zlim, dmax, tmp):
+                refused += 1
+                continue
+            for j in range(cols):
+                v = tmp[j]
+                if v < lo:
+                    v = lo
+                elif v > hi:
+                    v = hi
+                out[i, j] = v
+    return refused
+
