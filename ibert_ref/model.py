@@ -218,9 +218,9 @@ def run_block(dp, ops, env: dict, *, params: Callable, rec=None, num_heads: int 
             if op.kernel != "int_layernorm":
                 raise
             raise DegenerateRowError(
-                f"{op.name}: an input row is constant (all {args[0].data.shape[-1]} channels equal, standard deviation "
-                "0), so IntLayerNorm's 2^31 / std is undefined (transformers gives NaN here); the QuantAct range before "
-                "this LayerNorm is too coarse for these inputs"
+                f"{op.name}: an input row is constant (all {args[0].data.shape[-1]} channels equal, standard "
+                "deviation 0), so IntLayerNorm's 2^31 / std is undefined (transformers gives NaN here); the QuantAct "
+                "range before this LayerNorm is too coarse for these inputs"
             ) from exc
         if rec is not None and op.traced and isinstance(out, QTensor):
             out = rec(op.name, op.kind, out, op.bits)

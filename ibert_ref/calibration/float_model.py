@@ -8,6 +8,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from ..dataflow import ATTENTION_MASK, INPUT_IDS, LAYER_INPUT, POSITION_IDS, TOKEN_TYPE_IDS, block_ops, layer_prefix
 from ..quant import F32
 
 
@@ -55,7 +56,8 @@ def layer_norm_f32(x, w, b, eps: float) -> np.ndarray:
 
 class FloatModel:
     """The float I-BERT (transformers' ``quant_mode=False``, i.e. the float BERT/RoBERTa it came
-    from) in float32 NumPy, written per QuantAct point so a forward can resume from any of them.
+    from) in float32 NumPy: the ops of :mod:`ibert_ref.dataflow` with float kernels
+    (:meth:`kernel`), evaluated on demand so that a forward can resume from any QuantAct point.
 
     Activations are **packed**: ``(tokens, hidden)`` holding the real tokens (``mask`` 1) of a
     ``(batch, seq)`` batch in row-major order; only attention unpacks them (padding keys get a
@@ -78,56 +80,74 @@ class FloatModel:
         """``x W^T + b`` for packed ``x`` (one 2-D GEMM)."""
         return np.asarray(x, dtype=F32) @ self.w(name + ".weight").T + self.w(name + ".bias")
 
+    def kernel(self, op, args, mask) -> np.ndarray:
+        """The float32 counterpart of ``op``'s integer kernel on packed values: a QuantAct is the
+        identity (plus its residual identity), a QuantLinear ``x W^T + b``, IntGELU the float GELU,
+        IntLayerNorm LayerNorm with ``eps``, a table lookup the float table at the real tokens; the
+        attention ops are ``q k^T / sqrt(d) + bias``, ``exp(s - max)``, the normalisation and
+        ``P v`` per head (heads joined again)."""
+        k, name, real = op.kernel, op.module, np.asarray(mask) > 0
+        if k == "quant_embedding":
+            return self.w(name + ".weight")[args[0][real]]
+        if k == "requantize":
+            return args[0] if len(args) == 1 else args[0] + args[1]
+        if k == "quant_linear":
+            return self.linear(name, args[0])
+        if k == "int_layernorm":
+            return layer_norm_f32(args[0], self.w(name + ".weight"), self.w(name + ".bias"), self.eps)
+        if k == "int_gelu":
+            return gelu_f32(args[0])
+        if k == "attention_scores":
+            bias = np.where(real[:, None, None, :], F32(0), F32(-1e9)).astype(F32)
+            d = args[0].shape[-1] // self.heads
+            q, k_t = self._split(args[0], real), self._split(args[1], real).transpose(0, 1, 3, 2)
+            return q @ k_t / F32(math.sqrt(d)) + bias
+        if k == "int_exp":
+            return np.exp(args[0] - args[0].max(axis=-1, keepdims=True))
+        if k == "softmax_normalize":
+            return args[0] / args[0].sum(axis=-1, keepdims=True)
+        if k == "attention_context":
+            b, n = real.shape
+            return (args[0] @ self._split(args[1], real)).transpose(0, 2, 1, 3).reshape(b, n, args[1].shape[-1])[real]
+        raise KeyError(k)
+
+    def _split(self, t, real) -> np.ndarray:
+        """Packed ``(tokens, hidden)`` -> ``(batch, heads, seq, head_dim)``, zeros at padding."""
+        b, n = real.shape
+        hidden = t.shape[-1]
+        full = np.zeros((b, n, hidden), dtype=F32)
+        full[real] = t
+        return full.reshape(b, n, self.heads, hidden // self.heads).transpose(0, 2, 1, 3)
+
+    def _evaluate(self, ops, values: Dict[str, np.ndarray], mask) -> np.ndarray:
+        """The block's output: each op's value from ``values`` if given there, else its float
+        kernel on its inputs' values (computed on demand, each once)."""
+        by_name = {op.name: op for op in ops}
+
+        def value(name):
+            if name not in values:
+                op = by_name[name]
+                values[name] = self.kernel(op, [value(n) for n in op.sources], mask)
+            return values[name]
+
+        return value(ops[-1].name)
+
     def embeddings(self, ids, tt, pos, mask) -> np.ndarray:
         """``LayerNorm(word[ids] + token_type[tt] + position[pos])`` at the real tokens (packed)."""
-        e, real = "embeddings.", np.asarray(mask) > 0
-        x = (self.w(e + "word_embeddings.weight")[ids[real]] + self.w(e + "token_type_embeddings.weight")[tt[real]]
-             + self.w(e + "position_embeddings.weight")[pos[real]])
-        return layer_norm_f32(x, self.w(e + "LayerNorm.weight"), self.w(e + "LayerNorm.bias"), self.eps)
-
-    def attention(self, q, k, v, mask) -> np.ndarray:
-        """``softmax(q k^T / sqrt(d) + bias) v`` per head, heads joined again (packed in and out)."""
-        real = np.asarray(mask) > 0
-        b, n = real.shape
-        hidden = q.shape[-1]
-        d = hidden // self.heads
-
-        def split(t):
-            full = np.zeros((b, n, hidden), dtype=F32)
-            full[real] = t
-            return full.reshape(b, n, self.heads, d).transpose(0, 2, 1, 3)
-
-        bias = np.where(real[:, None, None, :], F32(0), F32(-1e9)).astype(F32)
-        scores = split(q) @ split(k).transpose(0, 1, 3, 2) / F32(math.sqrt(d)) + bias
-        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        probs = scores / scores.sum(axis=-1, keepdims=True)
-        return (probs @ split(v)).transpose(0, 2, 1, 3).reshape(b, n, hidden)[real]
+        values = {INPUT_IDS: ids, TOKEN_TYPE_IDS: tt, POSITION_IDS: pos, ATTENTION_MASK: mask}
+        return self._evaluate(block_ops(None), values, mask)
 
     def layer(self, i: int, state: Dict[str, np.ndarray], mask) -> np.ndarray:
         """Encoder layer ``i``'s output from ``state``: ``"input"`` (the layer input) and,
-        optionally, the outputs of some of the layer's 8-bit QuantActs (keys of
-        :data:`LAYER_SEARCHED_ACTS`), all packed. A QuantAct in ``state`` replaces the float
-        value at that point; everything else is computed in float from what precedes it. With
-        ``state = {"input": h}`` this is the float layer."""
-        p = f"encoder.layer.{i}."
-        h = state["input"]
-
-        def at(act, compute):
-            return state[act] if act in state else compute()
-
-        q = at("attention.self.query_activation", lambda: self.linear(p + "attention.self.query", h))
-        k = at("attention.self.key_activation", lambda: self.linear(p + "attention.self.key", h))
-        v = at("attention.self.value_activation", lambda: self.linear(p + "attention.self.value", h))
-        ctx = at("attention.self.output_activation", lambda: self.attention(q, k, v, mask))
-        a = at("attention.output.output_activation", lambda: layer_norm_f32(
-            self.linear(p + "attention.output.dense", ctx) + h, self.w(p + "attention.output.LayerNorm.weight"),
-            self.w(p + "attention.output.LayerNorm.bias"), self.eps))
-        a = at("pre_intermediate_act", lambda: a)
-        f = at("intermediate.output_activation", lambda: gelu_f32(self.linear(p + "intermediate.dense", a)))
-        f = at("pre_output_act", lambda: f)
-        return at("output.output_activation", lambda: layer_norm_f32(
-            self.linear(p + "output.dense", f) + a, self.w(p + "output.LayerNorm.weight"),
-            self.w(p + "output.LayerNorm.bias"), self.eps))
+        optionally, the outputs of some of the layer's 8-bit QuantActs (names inside the layer,
+        :data:`ibert_ref.dataflow.LAYER_ACT8`), all packed. A QuantAct in ``state`` replaces the
+        float value at that point; everything else is computed in float from what precedes it.
+        With ``state = {"input": h}`` this is the float layer."""
+        ops = block_ops(i)
+        prefix = layer_prefix(i)
+        values = {LAYER_INPUT: state["input"], ATTENTION_MASK: mask}
+        values.update({prefix + k: v for k, v in state.items() if k != "input"})
+        return self._evaluate(ops, values, mask)
 
     def forward(self, ids, tt, pos, mask) -> List[np.ndarray]:
         """Every encoder layer's float output at the real tokens (a list of packed float32 arrays)."""

@@ -11,8 +11,6 @@ import numpy as np
 from .. import kernels as K
 from ..compile import (
     ACT_BITS,
-    EMBEDDING_ACT_BITS,
-    SOFTMAX_ACT_BITS,
     check_config,
     compile_model,
     dequantized_ops,
@@ -30,9 +28,21 @@ from ..checkpoint_schema import (
     layernorm_names,
     uncalibrated_quant_buffers,
 )
+from ..dataflow import (
+    FIRST_CALL,
+    INPUT_IDS,
+    LAYER_ACT8,
+    LAYER_INPUT,
+    OUTPUT_ACT,
+    POSITION_IDS,
+    TOKEN_TYPE_IDS,
+    block_ops,
+    run_op,
+    split_name,
+)
 from ..datapath import Datapath, QTensor, TransformersDatapath, make_datapath
 from ..loading import Checkpoint
-from ..model import roberta_position_ids
+from ..model import roberta_position_ids, run_block
 from ..quant import F32, symmetric_scale_f32, weight_scale_per_channel_f32
 from .float_model import FloatModel
 from .ranges import (
@@ -65,7 +75,7 @@ class Calibrator:
     set, is called with the real-token values each searched QuantAct observed;
     ``on_search(name, clips, objectives)`` (``"search"`` only) with the candidates and their
     scores; ``on_output(name, qtensor)`` with the output of every QuantAct call of the pass, in
-    order (``embeddings_act1`` twice: its second call is the one a model trace records) (for
+    order (the embeddings' 16-bit QuantAct twice: its second call is the one a model trace records) (for
     tests and analysis).
 
     ``range_method="search"`` (output-aware clipping) chooses each 8-bit QuantAct's clip, in
@@ -74,7 +84,7 @@ class Calibrator:
     goes on through the **float** model (:class:`FloatModel`, the other 8-bit QuantActs of the
     layer not yet chosen stay float, the ones already chosen keep their quantized outputs) up to
     the output ``y`` of the encoder layer that consumes it: its own layer, or the next one for
-    ``embeddings.output_activation`` / ``output.output_activation`` (the last layer's output
+    the embeddings' output QuantAct / a layer's output QuantAct (the last layer's output
     activation is scored on its own output). The score is ``mean((y - t)^2)`` over the real
     tokens of the calibration batch and the hidden units, and the lowest score wins (ties: the
     earlier candidate, so the ``"mse"`` clip keeps its place). ``search_target`` sets ``t``:
@@ -146,10 +156,13 @@ class Calibrator:
             for name in layernorm_names(n):
                 if checkpoint.has(name + ".shift"):
                     self.tracker.shifts[name] = int(self.get(name + ".shift").reshape(-1)[0])
-        e = "embeddings."
-        self.word = embedding_params(self.dp, self.get(e + "word_embeddings.weight"))
-        self.token_type = embedding_params(self.dp, self.get(e + "token_type_embeddings.weight"))
-        self.position = embedding_params(self.dp, self.get(e + "position_embeddings.weight"))
+        #: the embedding tables, compiled once (their scales do not depend on any range)
+        self._tables = {op.params: embedding_params(self.dp, self.get(op.module + ".weight"))
+                        for op in block_ops(None) if op.kernel == "quant_embedding"}
+        #: QuantActs called twice in a forward (the whole-set methods give both calls one range)
+        self._called_twice = {op.module for op in block_ops(None) if op.name.endswith(FIRST_CALL)}
+        self._compiled: Dict[str, object] = {}
+        self._env: dict = {}
         self.batches = 0
         self.tokens = 0
 
@@ -214,6 +227,75 @@ class Calibrator:
         self.batches += 1
         self.tokens += int(mask.sum())
 
+    def _embeddings(self, ids, tt, pos) -> QTensor:
+        """The embeddings block in train mode: ids (B,T) -> int8 (B,T,H)."""
+        return self._block(None, {INPUT_IDS: ids, TOKEN_TYPE_IDS: tt, POSITION_IDS: pos}, None)
+
+    def _layer(self, i: int, h: QTensor, mask) -> QTensor:
+        """Encoder layer ``i`` in train mode: int8 (B,T,H) -> int8 (B,T,H)."""
+        if self.range_method == "search":
+            self._layer_state = {"input": self._packed(self.dp.dequantize(h))}
+        return self._block(i, {LAYER_INPUT: h}, mask)
+
+    def _block(self, layer: Optional[int], env: dict, mask) -> QTensor:
+        """One block of :mod:`ibert_ref.dataflow` (``layer`` None: the embeddings) in train mode,
+        interpreted by :func:`~ibert_ref.model.run_block` with each op's constants compiled
+        when the op runs (:meth:`_params`); returns the block's int8 output."""
+        ops = block_ops(layer)
+        self._compiled = {}
+        self._env = env
+        env = run_block(self.dp, ops, env, params=self._params, num_heads=self.config["num_attention_heads"],
+                        mask=mask, after=self._after)
+        return env[ops[-1].name]
+
+    def _params(self, op, args):
+        """The constants of ``op`` compiled from its inputs' scales and the ranges as they stand
+        now: a QuantAct first observes its input (``identity + x`` in float32) and updates its
+        range (:meth:`_act_params`), IntSoftmax's QuantAct observes ``exp_int``, a LayerNorm
+        updates its shift (transformers' train mode); weights come from the checkpoint."""
+        dp, k, name = self.dp, op.kernel, op.module
+        if k == "quant_embedding":
+            p = self._tables[op.params]
+        elif k == "quant_linear":
+            p = linear_params(dp, self.get(name + ".weight"), self.get(name + ".bias"), args[0].scale)
+        elif k == "requantize":
+            p = self._act_params(op, args[0], args[1] if len(args) > 1 else None)
+        elif k == "attention_scores":
+            head_dim = self.config["hidden_size"] // self.config["num_attention_heads"]
+            p = (args[0].scale * args[1].scale) / F32(math.sqrt(head_dim))
+        elif k == "int_exp":
+            p = self._softmax_params(op, args[0], self._compiled[op.inputs[0]])
+        elif k == "softmax_normalize":
+            p = self._compiled[op.inputs[0]]
+        elif k == "attention_context":
+            p = F32(1.0 / 256.0) * args[1].scale
+        elif k == "int_gelu":
+            p = gelu_params(dp, args[0].scale)
+        elif k == "int_layernorm":
+            shift = layernorm_train_shift(dp, args[0], self.tracker.shifts.get(name, 0), name)
+            self.tracker.shifts[name] = shift
+            p = layernorm_params(dp, self.get(name + ".weight"), self.get(name + ".bias"), np.array([shift], dtype=F32))
+        else:  # pragma: no cover - every kernel of the dataflow is listed
+            raise KeyError(k)
+        self._compiled[op.name] = p
+        return p
+
+    def _after(self, op, out) -> None:
+        """After a QuantAct call: keep a searched output for the float continuation, and hand
+        the output to ``on_output``."""
+        if op.kind != "QuantAct":
+            return
+        if self._searched(op):
+            short = self._layer_act(op.name)[1]
+            if short is not None:
+                self._layer_state[short] = self._packed(self.dp.dequantize(out))
+        if self.on_output is not None:
+            self.on_output(op.module, out)
+
+    def _searched(self, op) -> bool:
+        """Whether ``range_method="search"`` chooses this QuantAct's clip (8 bits, no identity)."""
+        return self.range_method == "search" and op.width == ACT_BITS and op.identity is None
+
     def _observe(self, name, x_act, bits=None):
         bits = quant_act_bits(name) if bits is None else bits
         if self.range_method == "ema" or bits != ACT_BITS:
@@ -237,35 +319,63 @@ class Calibrator:
             raise CalibrationError(f"{name}: activation shape {x.shape} does not start with (batch, seq)")
         return x[real].reshape(-1)
 
-    def _requant(self, name, x: QTensor, identity: Optional[QTensor] = None) -> QTensor:
-        """A QuantAct in train mode: observe ``identity + x``, then requantize with the new range."""
-        dp = self.dp
+    def _act_params(self, op, x: QTensor, identity: Optional[QTensor]) -> K.RequantParams:
+        """A QuantAct in train mode: observe ``identity + x`` (float32) and update the range, then
+        requantize with it; a searched QuantAct's clip is chosen by :meth:`_search`.
+
+        The QuantAct the embeddings call twice gets one range in the whole-set methods, chosen
+        before its first call from the float32 sums of both calls computed from the dequantized
+        tables (``q * scale``): ``x1 = token_type + word`` and ``x2 = position + x1`` (unquantized;
+        the second call's actual input is ``position + s * q1``). It is running min/max over the
+        two, as for the other 16-bit QuantActs: ``x_min = min(-1e-5 + min x1, min x2)``,
+        ``x_max = max(1e-5 + max x1, max x2)``. Both calls then requantize (FixedPointMul, round
+        half to even, clamp to 16 bits) to the one scale ``s = max(|x_min|, |x_max|) / (2^15 - 1)``:
+        ``q1`` from ``word + token_type``, then ``q2`` from ``s * q1 + position``. These are the
+        integers an eval forward of the written checkpoint computes (its first call uses the final
+        range too); transformers' train mode (``ema``) instead quantizes the first call with the
+        range of ``x1`` alone.
+        """
+        dp, name, bits = self.dp, op.module, op.width
         x_act = dp.dequantize(x) if identity is None else dp.dequantize(identity) + dp.dequantize(x)
-        bits = quant_act_bits(name)
-        if self.range_method == "search" and bits == ACT_BITS and identity is None:
-            out = K.requantize(dp, x, requant_params(bits, self._search(name, x, x_act), x.scale))
-            short = self._layer_act(name)[1]
-            if short is not None:
-                self._layer_state[short] = self._packed(dp.dequantize(out))
-            return self._emit_output(name, out)
-        scale = self._observe(name, x_act, bits)
-        params = requant_params(bits, scale, x.scale, None if identity is None else identity.scale)
-        return self._emit_output(name, K.requantize(dp, x, params, identity=identity))
+        id_scale = None if identity is None else identity.scale
+        if self._searched(op):
+            return requant_params(bits, self._search(name, x, x_act), x.scale)
+        if self.range_method != "ema" and name in self._called_twice:
+            if op.name.endswith(FIRST_CALL):
+                self.tracker.update(name, x_act)
+                self.tracker.update(name, self._second_call_term(op) + x_act)
+            return requant_params(bits, self.tracker.scale(name, bits), x.scale, id_scale)
+        return requant_params(bits, self._observe(name, x_act, bits), x.scale, id_scale)
+
+    def _second_call_term(self, first) -> np.ndarray:
+        """The float32 term the second call of a twice-called QuantAct adds (its identity: a
+        table lookup), computed before that call (whole-set methods, :meth:`_act_params`)."""
+        ops = block_ops(None)
+        second = next(o for o in ops if first.name in o.inputs)
+        table = next(o for o in ops if o.name == second.identity)
+        value = run_op(self.dp, table, self._tables[table.params], [self._env[n] for n in table.inputs])
+        return self.dp.dequantize(value)
+
+    def _softmax_params(self, op, scores, score_scale) -> K.SoftmaxParams:
+        """IntSoftmax in train mode: its 16-bit QuantAct's range comes from ``exp_int`` (the i-exp
+        polynomial shifted by ``30 - z_q``, as transformers' float32 value)."""
+        dp = self.dp
+        placeholder = softmax_params(dp, score_scale, np.ones(1, dtype=F32))
+        z, z_q = exp_polynomial(dp, scores, placeholder)
+        act_scale = self._observe(op.module, exp_integers_f32(dp, z, z_q), op.width)
+        return softmax_params(dp, score_scale, act_scale)
 
     # -- range_method="search" ---------------------------------------------------------
     def _layer_act(self, name: str):
-        """``(layer index, name inside the layer)``; ``(-1, None)`` for ``embeddings.output_activation``."""
-        if name.startswith("embeddings."):
-            return -1, None
-        rest = name[len("encoder.layer."):]
-        i, short = rest.split(".", 1)
-        return int(i), short
+        """``(layer index, name inside the layer)``; ``(-1, None)`` for the embeddings' output QuantAct."""
+        layer, short = split_name(name)
+        return (-1, None) if layer is None else (layer, short)
 
     def _continue(self, name: str, value) -> np.ndarray:
         """The float continuation of the QuantAct output ``value`` to the output of the encoder
         layer :meth:`_target_layer` (see the class docstring)."""
         i, short = self._layer_act(name)
-        if short is None or short == "output.output_activation":
+        if short is None or short == OUTPUT_ACT:
             if i + 1 == self.config["num_hidden_layers"]:
                 return value  # the last layer's output activation: scored on its own output
             return self._float.layer(i + 1, {"input": value}, self._real_tokens)
@@ -320,111 +430,9 @@ class Calibrator:
     def _target_layer(self, name: str) -> int:
         """Index of the encoder layer whose output scores the QuantAct ``name``."""
         i, short = self._layer_act(name)
-        if short is None or short == "output.output_activation":
+        if short is None or short == OUTPUT_ACT:
             return min(i + 1, self.config["num_hidden_layers"] - 1)
         return i
-
-    def _layernorm(self, name, x: QTensor) -> QTensor:
-        shift = layernorm_train_shift(self.dp, x, self.tracker.shifts.get(name, 0), name)
-        self.tracker.shifts[name] = shift
-        params = layernorm_params(
-            self.dp, self.get(name + ".weight"), self.get(name + ".bias"), np.array([shift], dtype=F32)
-        )
-        return K.int_layernorm(self.dp, x, params)
-
-    def _linear(self, name, x: QTensor) -> QTensor:
-        params = linear_params(self.dp, self.get(name + ".weight"), self.get(name + ".bias"), x.scale)
-        return K.quant_linear(self.dp, x, params)
-
-    def _embeddings(self, ids, tt, pos) -> QTensor:
-        dp, e = self.dp, "embeddings."
-        word = K.quant_embedding(dp, self.word, ids)
-        token_type = K.quant_embedding(dp, self.token_type, tt)
-        position = K.quant_embedding(dp, self.position, pos)
-        if self.range_method == "ema":
-            # transformers' train mode: the first call quantizes with the range of its own sum
-            emb = self._requant(e + "embeddings_act1", word, identity=token_type)
-            emb = self._requant(e + "embeddings_act1", emb, identity=position)  # the same module again
-        else:
-            emb = self._embedding_sums(e + "embeddings_act1", word, token_type, position)
-        emb = self._layernorm(e + "LayerNorm", emb)
-        return self._requant(e + "output_activation", emb)
-
-    def _embedding_sums(self, name, word: QTensor, token_type: QTensor, position: QTensor) -> QTensor:
-        """``embeddings_act1``'s two calls with one range (whole-set methods).
-
-        The range is chosen first, from the float32 sums of both calls computed from the
-        dequantized tables (``q * scale``): ``x1 = token_type + word`` and ``x2 = position + x1``
-        (unquantized; the second call's actual input is ``position + s * q1``). It is running
-        min/max over the two, as for the other 16-bit QuantActs:
-        ``x_min = min(-1e-5 + min x1, min x2)``, ``x_max = max(1e-5 + max x1, max x2)``. Both
-        calls then requantize (FixedPointMul, round half to even, clamp to 16 bits) to the one
-        scale ``s = max(|x_min|, |x_max|) / (2^15 - 1)``: ``q1`` from ``word + token_type``,
-        then ``q2`` from ``s * q1 + position``. These are the integers an eval forward of the
-        written checkpoint computes (its first call uses the final range too); transformers'
-        train mode (``ema``) instead quantizes the first call with the range of ``x1`` alone.
-        """
-        dp, bits = self.dp, EMBEDDING_ACT_BITS
-        sum1_f32 = dp.dequantize(token_type) + dp.dequantize(word)
-        sum2_f32 = dp.dequantize(position) + sum1_f32
-        self.tracker.update(name, sum1_f32)
-        self.tracker.update(name, sum2_f32)
-        scale_f32 = self.tracker.scale(name, bits)
-        params1 = requant_params(bits, scale_f32, word.scale, token_type.scale)
-        emb = self._emit_output(name, K.requantize(dp, word, params1, identity=token_type))
-        params2 = requant_params(bits, scale_f32, emb.scale, position.scale)
-        emb = K.requantize(dp, emb, params2, identity=position)
-        return self._emit_output(name, emb)
-
-    def _emit_output(self, name, out: QTensor) -> QTensor:
-        """Hand a QuantAct call's output to ``on_output`` (when set) and return it."""
-        if self.on_output is not None:
-            self.on_output(name, out)
-        return out
-
-    def _softmax(self, pre, scores, score_scale) -> QTensor:
-        """IntSoftmax in train mode: the 16-bit QuantAct's range comes from ``exp_int``."""
-        dp = self.dp
-        placeholder = softmax_params(dp, score_scale, np.ones(1, dtype=F32))
-        z, z_q = exp_polynomial(dp, scores, placeholder)
-        exp_int_f32 = exp_integers_f32(dp, z, z_q)
-        act_scale = self._observe(pre + "softmax.act", exp_int_f32, SOFTMAX_ACT_BITS)
-        p = softmax_params(dp, score_scale, act_scale)
-        e16 = dp.exp_requantize(z, z_q, p.exp_scale, p.dy_tf, p.dy_exact, p.act_bits)
-        return K.softmax_normalize(dp, self._emit_output(pre + "softmax.act", dp.emit(e16, p.act_scale)), p)
-
-    def _layer(self, i: int, h: QTensor, mask) -> QTensor:
-        dp = self.dp
-        pre = f"encoder.layer.{i}."
-        sa = pre + "attention.self."
-        if self.range_method == "search":
-            self._layer_state = {"input": self._packed(dp.dequantize(h))}
-        num_heads = self.config["num_attention_heads"]
-        head_dim = self.config["hidden_size"] // num_heads
-
-        q = self._requant(sa + "query_activation", self._linear(sa + "query", h))
-        k = self._requant(sa + "key_activation", self._linear(sa + "key", h))
-        v = self._requant(sa + "value_activation", self._linear(sa + "value", h))
-        score_scale = (q.scale * k.scale) / F32(math.sqrt(head_dim))
-        scores = K.attention_scores(dp, q, k, num_heads, mask, score_scale)
-        probs = self._softmax(sa, scores, score_scale)
-        context = dp.attention_context(probs, v, num_heads, F32(1.0 / 256.0) * v.scale)
-        context = self._requant(sa + "output_activation", context)
-
-        ao = pre + "attention.output."
-        a = self._requant(ao + "ln_input_act", self._linear(ao + "dense", context), identity=h)
-        a = self._requant(ao + "output_activation", self._layernorm(ao + "LayerNorm", a))
-        a = self._requant(pre + "pre_intermediate_act", a)
-
-        f = self._linear(pre + "intermediate.dense", a)
-        f = K.int_gelu(dp, f, gelu_params(dp, f.scale))
-        f = self._requant(pre + "intermediate.output_activation", f)
-        f = self._requant(pre + "pre_output_act", f)
-
-        o = pre + "output."
-        y = self._requant(o + "ln_input_act", self._linear(o + "dense", f), identity=a)
-        y = self._layernorm(o + "LayerNorm", y)
-        return self._requant(o + "output_activation", y)
 
     # -- results -----------------------------------------------------------------------
     def ranges(self) -> Dict[str, Tuple[float, float]]:
@@ -461,41 +469,25 @@ class Calibrator:
         tf = TransformersDatapath()
         cm = compile_model(tf, {**self.config, "quant_mode": True}, get, lambda k: k in buffers or self.checkpoint.has(k))
         out = {}
-        emb = cm.embeddings
-        for table, params in (("word", emb.word), ("token_type", emb.token_type), ("position", emb.position)):
-            out[f"embeddings.{table}_embeddings.weight_integer"] = np.asarray(params.w, dtype=F32)
-            out[f"embeddings.{table}_embeddings.weight_scaling_factor"] = np.asarray(params.scale, dtype=F32).reshape(1)
-        names = {
-            "query": "attention.self.query",
-            "key": "attention.self.key",
-            "value": "attention.self.value",
-            "attn_dense": "attention.output.dense",
-            "intermediate_dense": "intermediate.dense",
-            "output_dense": "output.dense",
-        }
+        for op in block_ops(None):
+            if op.kind == "QuantEmbedding":
+                params = getattr(cm.embeddings, op.params)
+                out[op.module + ".weight_integer"] = np.asarray(params.w, dtype=F32)
+                out[op.module + ".weight_scaling_factor"] = np.asarray(params.scale, dtype=F32).reshape(1)
         for i, layer in enumerate(cm.layers):
-            for attr, mod in names.items():
-                p = f"encoder.layer.{i}.{mod}"
-                lp = getattr(layer, attr)
-                out[p + ".weight_integer"] = np.asarray(lp.w, dtype=F32)
-                out[p + ".bias_integer"] = np.asarray(lp.b, dtype=F32)
-                out[p + ".fc_scaling_factor"] = weight_scale_per_channel_f32(self.get(p + ".weight"))
+            for op in block_ops(i):
+                if op.kind == "QuantLinear":
+                    lp = getattr(layer, op.params)
+                    out[op.module + ".weight_integer"] = np.asarray(lp.w, dtype=F32)
+                    out[op.module + ".bias_integer"] = np.asarray(lp.b, dtype=F32)
+                    w_f32 = self.get(op.module + ".weight")
+                    out[op.module + ".fc_scaling_factor"] = weight_scale_per_channel_f32(w_f32)
         return out
 
 
 #: The 8-bit QuantActs of one encoder layer, the ones a range search chooses (with the
-#: embeddings' ``output_activation``).
-LAYER_SEARCHED_ACTS = (
-    "attention.self.query_activation",
-    "attention.self.key_activation",
-    "attention.self.value_activation",
-    "attention.self.output_activation",
-    "attention.output.output_activation",
-    "pre_intermediate_act",
-    "intermediate.output_activation",
-    "pre_output_act",
-    "output.output_activation",
-)
+#: embeddings' output QuantAct): from :mod:`ibert_ref.dataflow`.
+LAYER_SEARCHED_ACTS = LAYER_ACT8
 
 
 # ---------------------------------------------------------------------------------------
