@@ -55,13 +55,20 @@ _KERNEL_INTS = (np.dtype(np.int32), np.dtype(np.int64))
 EXP_TABLE_MAX = 1 << 16
 
 
-def _rows(a: np.ndarray) -> np.ndarray:
-    """``a`` as a C-contiguous (rows, last axis) array whose dtype is int32 or int64 (int8 and
-    int16 widened to int32: fewer compiled signatures, exact)."""
+def _rows(a: np.ndarray, int8: bool = False) -> np.ndarray:
+    """``a`` as a C-contiguous (rows, last axis) array whose dtype is int32 or int64 (int16
+    widened to int32, and int8 too unless ``int8``: fewer compiled signatures, exact)."""
     a = np.ascontiguousarray(a)
-    if a.dtype not in _KERNEL_INTS:
+    if a.dtype not in _KERNEL_INTS and not (int8 and a.dtype == np.int8):
         a = a.astype(np.int32)
     return a.reshape(-1, a.shape[-1])
+
+
+def _residual_rows(a: np.ndarray, cols: int) -> np.ndarray:
+    """A residual operand as (rows, cols), int8 kept (the model's residuals are int8 QuantAct
+    outputs: no widened copy), any other type as int64."""
+    a = np.ascontiguousarray(a, dtype=np.int8 if a.dtype == np.int8 else I64)
+    return a.reshape(-1, cols)
 
 
 _OUT_DTYPES = {}
@@ -337,7 +344,7 @@ class CompiledDatapath(ExactDatapath):
         out = np.empty(z.shape, dtype=_out_dtype(p.bits))
         out2 = out.reshape(-1, cols)
         if identity is None:
-            refused = ck.requantize_rows(_rows(z), *mult, lo, hi, out2)
+            refused = ck.requantize_rows(_rows(z, int8=True), *mult, lo, hi, out2)
         else:
             z_id = np.asarray(dp.round_recover(identity))
             if z_id.shape != z.shape or z_id.dtype not in _INTS:
@@ -345,8 +352,8 @@ class CompiledDatapath(ExactDatapath):
             mult_id = dp._multiplier(dp.requant_multiplier(p.dy_identity, identity), cols)
             if mult_id is None:
                 return None
-            z_id = np.ascontiguousarray(z_id, dtype=I64).reshape(-1, cols)  # (small: a residual)
-            refused = ck.requantize_residual_rows(_rows(z), dp._zeros(cols), *mult, z_id, *mult_id, lo, hi, out2)
+            refused = ck.requantize_residual_rows(_rows(z), dp._zeros(cols), *mult, _residual_rows(z_id, cols),
+                                                  *mult_id, lo, hi, out2)
         return None if refused else dp.emit(out, p.out_scale)
 
     def _requantize_linear(self, x, p, identity):
@@ -369,8 +376,7 @@ class CompiledDatapath(ExactDatapath):
             mult_id = self._multiplier(self.requant_multiplier(p.dy_identity, identity), cols)
             if mult_id is None:
                 return None
-            z_id = np.ascontiguousarray(z_id, dtype=I64).reshape(-1, cols)
-            refused = ck.requantize_residual_rows(x.acc, x.bias, *mult, z_id, *mult_id, lo, hi, out2)
+            refused = ck.requantize_residual_rows(x.acc, x.bias, *mult, _residual_rows(z_id, cols), *mult_id, lo, hi, out2)
         return None if refused else self.emit(out, p.out_scale)
 
     @staticmethod

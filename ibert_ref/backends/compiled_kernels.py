@@ -221,7 +221,7 @@ def row_abs_max(z):
 def requantize_rows(z, m, e, d, zlim, dmax, lo, hi, out):
     """QuantAct / FixedPointMul: ``out = clamp(rne(z * m / 2^e), lo, hi)``.
 
-    ``z`` (rows, C) int32 or int64, ``m``/``e`` int64 (C,) (per channel; ``|m| <= 2^31``,
+    ``z`` (rows, C) int8, int32 or int64, ``m``/``e`` int64 (C,) (per channel; ``|m| <= 2^31``,
     ``0 <= e``), with ``d``/``zlim``/``dmax`` as in :func:`dyadic_row`; rounding half to even on
     the exact rational (up to 93-bit products), ``lo``/``hi`` the ``bits``-wide signed range,
     ``out`` (rows, C) of the narrowest integer type holding it. Route 0 rows (the usual case)
@@ -261,8 +261,8 @@ def requantize_residual_rows(z, bias, m, e, d, zlim, dmax, z_id, m_id, e_id, d_i
     ``z + bias`` (int64; ``bias`` an int64 (C,) vector: a QuantLinear bias not yet added, else
     zeros) and ``z_id`` each requantized as in :func:`requantize_rows` (:func:`dyadic_row`;
     each saturated to ``±2^62`` like the reference, their int64 sum wrapping exactly as
-    NumPy's), ``z`` (rows, C) int32/int64, ``z_id`` int64. Returns the number of refused rows
-    (``|z + bias|`` or ``|z_id| >= 2^62``).
+    NumPy's), ``z`` (rows, C) int32/int64, ``z_id`` int8 or int64. Returns the number of
+    refused rows (``|z + bias|`` or ``|z_id| >= 2^62``).
     """
     rows, cols = z.shape
     step = max(1, -(-rows // _CHUNKS))
