@@ -1,0 +1,201 @@
+"""One dataflow: the forward, calibration, golden vectors and op replay all visit the ops of
+:mod:`ibert_ref.dataflow`, in its order; and ``ibert_ref`` has no import cycle.
+
+Each tool's visits are recorded at its one kernel dispatcher (:func:`ibert_ref.dataflow.run_op`,
+as the tool's module names it), so an op a tool wrote by hand, skipped or reordered shows up.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ibert_ref import dataflow as D
+from ibert_ref.data import default_model_path
+from ibert_ref.loading import load_checkpoint
+from ibert_ref.model import IBertModel
+
+PACKAGE = Path(D.__file__).parent
+LAYERS = 4  # the bundled model
+
+
+def _record(monkeypatch, module, attr, name_arg=1):
+    """Wrap ``module.attr`` (a dispatcher, or replay's entry) to record the op (or module) name
+    each call is for: its argument ``name_arg`` (an :class:`~ibert_ref.dataflow.Op` or a name)."""
+    seen = []
+    real = getattr(module, attr)
+
+    def spy(*args, **kwargs):
+        op = args[name_arg]
+        seen.append(op if isinstance(op, str) else op.name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, attr, spy)
+    return seen
+
+
+def _batch():
+    ids = np.array([[0, 31, 7, 99, 2, 1, 1], [0, 5, 6, 40, 41, 42, 2]])
+    return ids, (ids != 1).astype(np.int64)
+
+
+def expected_ops():
+    return [op.name for op in D.expand(LAYERS)]
+
+
+def test_bundled_model_has_the_layers_this_test_expands():
+    assert load_checkpoint(default_model_path()).config["num_hidden_layers"] == LAYERS
+
+
+def test_the_forward_visits_every_op_of_the_dataflow_in_order(monkeypatch):
+    import ibert_ref.model as M
+
+    seen = _record(monkeypatch, M, "run_op")
+    ids, mask = _batch()
+    out = IBertModel.from_pretrained()(ids, attention_mask=mask, return_trace=True)
+    assert seen == expected_ops()
+    assert list(out.trace) == [op.name for op in D.expand(LAYERS) if op.traced]
+
+
+@pytest.mark.parametrize("datapath", ["transformers", "exact"])
+def test_calibration_visits_every_op_of_the_dataflow_in_order(monkeypatch, datapath):
+    import ibert_ref.model as M
+    from ibert_ref.calibrate import Calibrator
+
+    cal = Calibrator(load_checkpoint(default_model_path()), datapath=datapath)
+    seen = _record(monkeypatch, M, "run_op")
+    cal.step(*_batch())
+    assert seen == expected_ops()
+
+
+def test_the_float_reference_visits_the_dataflow_ops():
+    from ibert_ref.calibrate import Calibrator, FloatModel
+
+    cal = Calibrator(load_checkpoint(default_model_path()))
+    seen = []
+
+    class Recording(FloatModel):
+        def kernel(self, op, args, mask):
+            seen.append(op.name)
+            return super().kernel(op, args, mask)
+
+    ids, mask = _batch()
+    Recording(cal.get, cal.config).forward(ids, np.zeros_like(ids), np.cumsum(mask, 1) * mask + 1, mask)
+    assert sorted(seen) == sorted(expected_ops())  # evaluated on demand: each op once
+
+
+def test_vectors_visit_every_op_of_the_dataflow_in_order(monkeypatch, tmp_path):
+    import ibert_ref.vectors as V
+
+    seen = _record(monkeypatch, V, "run_dataflow_op")
+    ids, mask = _batch()
+    manifest = V.write_vectors(IBertModel.from_pretrained(), ids, tmp_path, attention_mask=mask, param_hex=False)
+    assert seen == expected_ops()
+    assert [e["name"] for e in manifest["ops"]] == expected_ops()
+    assert [e["inputs"] for e in manifest["ops"]] == [list(op.sources) for op in D.expand(LAYERS)]
+
+
+def test_op_replay_visits_every_module_of_the_dataflow(monkeypatch):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import ibert_ref.oracle.replay as R
+    from ibert_ref.oracle.capture import capture_transformers_trace, load_transformers_ibert
+
+    ids, mask = _batch()
+    capture = capture_transformers_trace(load_transformers_ibert(default_model_path()), ids, mask)
+    ckpt = load_checkpoint(default_model_path())
+    seen = _record(monkeypatch, R, "replay_op", name_arg=2)
+    dispatched = _record(monkeypatch, R, "run_op")
+    results = R.replay_capture(capture, lambda k: ckpt.tensor(k).astype(np.float32))
+    calls = [op.module for op in D.expand(LAYERS) if op.module is not None]
+    assert list(results) == D.module_names(LAYERS)
+    assert sorted(seen) == sorted(calls)  # a module called twice is replayed twice
+    # IntSoftmax is replayed as the dataflow's own i-exp and normalisation rows
+    softmax = [op.name for op in D.LAYER if op.kernel in ("int_exp", "softmax_normalize")]
+    assert [n for n in dispatched if n in softmax] == softmax * LAYERS
+
+
+# ---------------------------------------------------------------------------------------
+# Imports: no cycle, and the layers import only downward
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split("."))
+    return (PACKAGE.parent / rel).with_suffix(".py").is_file() or (PACKAGE.parent / rel / "__init__.py").is_file()
+
+
+def module_level_imports():
+    """``{module: {ibert_ref modules it imports at module level}}`` (imports inside functions
+    are deferred, and the root package's re-exports are left out: every submodule is under it)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("ibert_ref.")}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    src = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    src = node.module or ""
+                if not src.startswith("ibert_ref"):
+                    continue
+                for alias in node.names:
+                    sub = f"{src}.{alias.name}"
+                    targets.add(sub if _is_module(sub) else src)
+        graph[name] = {t for t in targets if t != "ibert_ref" and t != name}
+    return graph
+
+
+def test_no_import_cycle_in_ibert_ref():
+    graph = module_level_imports()
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, " ; ".join(" -> ".join(c) for c in cycles)
+
+
+def _closure(graph, start):
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_layers_import_only_downward():
+    """kernels -> dataflow -> model -> tools -> CLI: the dataflow imports no model or tool, the
+    model no tool (calibration, vectors, oracle, hardware reports, commands)."""
+    graph = module_level_imports()
+    tools = ("ibert_ref.calibrat", "ibert_ref.vectors", "ibert_ref.oracle", "ibert_ref.commands", "ibert_ref.cli",
+             "ibert_ref.strategies", "ibert_ref.heads", "ibert_ref.integer_heads", "ibert_ref.sweep",
+             "ibert_ref.widths", "ibert_ref.convert")
+    below_dataflow = _closure(graph, "ibert_ref.dataflow")
+    assert not {m for m in below_dataflow if m.startswith(tools + ("ibert_ref.model", "ibert_ref.compile"))}
+    assert not {m for m in _closure(graph, "ibert_ref.model") if m.startswith(tools)}
