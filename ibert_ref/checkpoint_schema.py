@@ -3,93 +3,97 @@
 transformers' ``IBertModel`` stores, per module (names relative to the base model, optionally
 under an ``ibert.`` prefix):
 
-* ``embeddings.{word,token_type,position}_embeddings``: ``weight`` (float32 table) plus the
-  QuantEmbedding buffers ``weight_integer``, ``weight_scaling_factor``;
+* every QuantEmbedding (the embedding tables): ``weight`` (float32 table) plus
+  ``weight_integer``, ``weight_scaling_factor``;
 * every QuantLinear (six per layer): ``weight``, ``bias`` plus ``weight_integer``,
   ``fc_scaling_factor``, ``bias_integer``;
 * every IntLayerNorm: ``weight``, ``bias``, ``shift``;
 * every QuantAct: ``x_min``, ``x_max``, ``act_scaling_factor`` (calibrated ranges).
 
-Loading, compiling, converting, calibrating and the Hypothesis strategies read the names from
-here; a new op's checkpoint keys are one edit.
+The module names and weight shapes come from the dataflow (:mod:`ibert_ref.dataflow`: its ops,
+plus the QuantActs transformers builds but never calls). Loading, compiling, converting,
+calibrating and the Hypothesis strategies read them from here.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List
+import re
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from .dataflow import (
+    DEAD_EMBEDDINGS_QUANT_ACTS,
+    DEAD_LAYER_QUANT_ACTS,
+    EMBEDDINGS_PREFIX,
+    EMBEDDING_LAYERNORMS,
+    EMBEDDING_QUANT_ACTS,
+    EMBEDDING_TABLES,
+    LAYER_LAYERNORMS,
+    LAYER_LINEARS,
+    LAYER_QUANT_ACTS,
+    Op,
+    block_ops,
+    layer_prefix,
+    split_name,
+)
 from .quant import F32
+
+__all__ = [
+    "DEAD_QUANT_ACT_SUFFIXES", "EMBEDDING_QUANT_ACTS", "EMBEDDING_TABLES", "LAYER_LAYERNORMS", "LAYER_LINEARS",
+    "LAYER_QUANT_ACTS", "UNCALIBRATED_MAX_F32", "UNCALIBRATED_MIN_F32", "check_tensor_keys", "expected_shape",
+    "float_parameter_keys", "is_dead_quant_act", "layernorm_names", "linear_names", "quant_act_names",
+    "uncalibrated_quant_buffers",
+]
 
 #: transformers' initial QuantAct range (``zeros(1) -/+ 1e-5`` in float32).
 UNCALIBRATED_MIN_F32 = np.array([-1e-5], dtype=F32)
 UNCALIBRATED_MAX_F32 = np.array([1e-5], dtype=F32)
 
-# Module names of I-BERT (relative to the base model), the single source of the key layout.
-EMBEDDING_TABLES = ("word_embeddings", "token_type_embeddings", "position_embeddings")
-EMBEDDING_QUANT_ACTS = ("embeddings_act1", "embeddings_act2", "LayerNorm.activation", "output_activation")
-LAYER_LINEARS = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-)
-LAYER_LAYERNORMS = ("attention.output.LayerNorm", "output.LayerNorm")
-LAYER_QUANT_ACTS = (
-    "attention.self.query_activation",
-    "attention.self.key_activation",
-    "attention.self.value_activation",
-    "attention.self.output_activation",
-    "attention.self.softmax.act",
-    "attention.output.ln_input_act",
-    "attention.output.LayerNorm.activation",
-    "attention.output.output_activation",
-    "intermediate.output_activation",
-    "output.ln_input_act",
-    "output.LayerNorm.activation",
-    "output.output_activation",
-    "pre_intermediate_act",
-    "pre_output_act",
-)
-#: QuantActs transformers creates but never calls (their buffers stay at the initial values).
-DEAD_QUANT_ACT_SUFFIXES = ("embeddings_act2", "LayerNorm.activation")
+#: QuantActs transformers creates but never calls (their buffers stay at the initial values):
+#: the shortest name suffixes that tell them.
+_DEAD = list(dict.fromkeys(list(DEAD_EMBEDDINGS_QUANT_ACTS) + list(DEAD_LAYER_QUANT_ACTS)))
+DEAD_QUANT_ACT_SUFFIXES = tuple(n for n in _DEAD if not any(n != m and n.endswith("." + m) for m in _DEAD))
+
 
 def quant_act_names(num_layers: int) -> List[str]:
-    """Every QuantAct of an IBertModel (dead ones included), in module order."""
-    names = [f"embeddings.{a}" for a in EMBEDDING_QUANT_ACTS]
+    """Every QuantAct of an IBertModel (dead ones included): per block, in dataflow order, the
+    dead ones last."""
+    names = [EMBEDDINGS_PREFIX + a for a in EMBEDDING_QUANT_ACTS]
     for i in range(num_layers):
-        names += [f"encoder.layer.{i}.{a}" for a in LAYER_QUANT_ACTS]
+        names += [layer_prefix(i) + a for a in LAYER_QUANT_ACTS]
     return names
 
 
 def is_dead_quant_act(name: str) -> bool:
-    """Whether transformers never calls this QuantAct (``embeddings_act2``, ``*.LayerNorm.activation``)."""
+    """Whether transformers never calls this QuantAct (see :data:`DEAD_QUANT_ACT_SUFFIXES`)."""
     return name.endswith(DEAD_QUANT_ACT_SUFFIXES)
 
 
 def layernorm_names(num_layers: int) -> List[str]:
-    names = ["embeddings.LayerNorm"]
+    names = [EMBEDDINGS_PREFIX + n for n in EMBEDDING_LAYERNORMS]
     for i in range(num_layers):
-        names += [f"encoder.layer.{i}.{n}" for n in LAYER_LAYERNORMS]
+        names += [layer_prefix(i) + n for n in LAYER_LAYERNORMS]
     return names
 
 
 def linear_names(num_layers: int) -> List[str]:
-    return [f"encoder.layer.{i}.{n}" for i in range(num_layers) for n in LAYER_LINEARS]
+    return [layer_prefix(i) + n for i in range(num_layers) for n in LAYER_LINEARS]
+
+
+def _weighted_ops(num_layers: int) -> List[Op]:
+    """The ops whose module has a float ``weight`` (tables, QuantLinears, LayerNorms), absolute names."""
+    ops = [op for op in block_ops(None) if op.weight]
+    for i in range(num_layers):
+        ops += [op for op in block_ops(i) if op.weight]
+    return ops
 
 
 def float_parameter_keys(config: dict) -> List[str]:
     """The float tensors an IBertModel needs (pooler excluded), without prefix."""
-    keys = [f"embeddings.{t}.weight" for t in EMBEDDING_TABLES]
-    keys += ["embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"]
-    for name in linear_names(config["num_hidden_layers"]):
-        keys += [name + ".weight", name + ".bias"]
-    for i in range(config["num_hidden_layers"]):
-        for ln in LAYER_LAYERNORMS:
-            keys += [f"encoder.layer.{i}.{ln}.weight", f"encoder.layer.{i}.{ln}.bias"]
+    keys = []
+    for op in _weighted_ops(config["num_hidden_layers"]):
+        keys += [op.module + ".weight"] + ([] if op.kind == "QuantEmbedding" else [op.module + ".bias"])
     return keys
 
 
@@ -100,34 +104,109 @@ def uncalibrated_quant_buffers(config: dict) -> Dict[str, np.ndarray]:
     ``shift=0``; QuantLinear ``weight_integer``/``fc_scaling_factor``/``bias_integer`` and
     QuantEmbedding ``weight_integer``/``weight_scaling_factor`` zeros of the right shapes.
     """
-    h, inter, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    rows = {
-        "word_embeddings": config["vocab_size"],
-        "token_type_embeddings": config.get("type_vocab_size", 1),
-        "position_embeddings": config["max_position_embeddings"],
-    }
+    n = config["num_hidden_layers"]
     out: Dict[str, np.ndarray] = {}
-    for table in EMBEDDING_TABLES:
-        out[f"embeddings.{table}.weight_scaling_factor"] = np.zeros(1, F32)
-        out[f"embeddings.{table}.weight_integer"] = np.zeros((rows[table], h), F32)
+    ops = _weighted_ops(n)
+    for op in ops:
+        if op.kind == "QuantEmbedding":
+            out[op.module + ".weight_scaling_factor"] = np.zeros(1, F32)
+            out[op.module + ".weight_integer"] = np.zeros(op.weight_shape(config), F32)
     for name in quant_act_names(n):
         out[name + ".x_min"] = UNCALIBRATED_MIN_F32.copy()
         out[name + ".x_max"] = UNCALIBRATED_MAX_F32.copy()
         out[name + ".act_scaling_factor"] = np.zeros(1, F32)
     for name in layernorm_names(n):
         out[name + ".shift"] = np.zeros(1, F32)
-    shapes = {
-        "attention.self.query": (h, h),
-        "attention.self.key": (h, h),
-        "attention.self.value": (h, h),
-        "attention.output.dense": (h, h),
-        "intermediate.dense": (inter, h),
-        "output.dense": (h, inter),
-    }
-    for i in range(n):
-        for lin, (o, k) in shapes.items():
-            p = f"encoder.layer.{i}.{lin}"
-            out[p + ".weight_integer"] = np.zeros((o, k), F32)
-            out[p + ".fc_scaling_factor"] = np.zeros(o, F32)
-            out[p + ".bias_integer"] = np.zeros(o, F32)
+    for op in ops:
+        if op.kind == "QuantLinear":
+            shape = op.weight_shape(config)
+            out[op.module + ".weight_integer"] = np.zeros(shape, F32)
+            out[op.module + ".fc_scaling_factor"] = np.zeros(shape[0], F32)
+            out[op.module + ".bias_integer"] = np.zeros(shape[0], F32)
     return out
+
+
+def expected_shape(key: str, config: dict) -> Optional[Tuple[int, ...]]:
+    """The shape a checkpoint tensor (no prefix) must have under ``config`` (None when not
+    checked): ``(1,)`` for ranges and shifts; a module's float ``weight`` as the dataflow gives
+    it; a QuantLinear's other tensors and a LayerNorm's its first dimension; the pooler ``(H, H)``
+    / ``(H,)``."""
+    module, _, leaf = key.rpartition(".")
+    if leaf in ("x_min", "x_max", "shift"):
+        return (1,)
+    h = config["hidden_size"]
+    if module == "pooler.dense":
+        return (h, h) if leaf == "weight" else (h,)
+    try:
+        layer, short = split_name(module)
+    except (KeyError, ValueError):
+        return None
+    op = next((o for o in block_ops(layer) if o.module == module and o.weight), None) if short else None
+    if op is None:
+        return None
+    shape = op.weight_shape(config)
+    if op.kind == "QuantEmbedding":
+        return shape if leaf == "weight" else None
+    return shape if leaf == "weight" else shape[:1]
+
+
+# ---------------------------------------------------------------------------------------
+# Which stored tensors belong to the encoder (anything else in its namespaces is refused)
+_QUANT_ACT = r"(x_min|x_max|act_scaling_factor)"
+_TABLE = r"(weight|weight_integer|weight_scaling_factor)"
+_LINEAR = r"(weight|bias|weight_integer|bias_integer|fc_scaling_factor)"
+_LAYERNORM = r"(weight|bias|shift)"
+#: Buffers transformers' embeddings register besides the modules' tensors.
+_EMBEDDINGS_BUFFERS = ("position_ids", "token_type_ids")
+
+
+def _alternatives(names, leaves: str) -> str:
+    return "(?:" + "|".join(re.escape(n) for n in names) + r")\." + leaves
+
+
+def _block_pattern(tables, linears, layernorms, quant_acts) -> str:
+    parts = [_alternatives(names, leaves) for names, leaves in
+             ((tables, _TABLE), (linears, _LINEAR), (layernorms, _LAYERNORM), (quant_acts, _QUANT_ACT)) if names]
+    return "(?:" + "|".join(parts) + ")"
+
+
+_ENCODER_TENSOR = re.compile(
+    r"^(?:ibert\.)?(?:"
+    + re.escape(EMBEDDINGS_PREFIX) + "(?:" + "|".join(_EMBEDDINGS_BUFFERS) + "|"
+    + _block_pattern(EMBEDDING_TABLES, (), EMBEDDING_LAYERNORMS, EMBEDDING_QUANT_ACTS) + ")"
+    + r"|encoder\.layer\.(?P<layer>\d+)\." + _block_pattern((), LAYER_LINEARS, LAYER_LAYERNORMS, LAYER_QUANT_ACTS)
+    + r"|pooler\.dense\.(?:weight|bias)"
+    r")$"
+)
+_ENCODER_NAMESPACE = re.compile(r"^(?:ibert\.)?(?:embeddings|encoder|pooler)\.")
+
+
+def check_tensor_keys(keys, config: dict) -> None:
+    """Refuse stored tensors inside the encoder's namespaces (``embeddings.``, ``encoder.``,
+    ``pooler.``, optionally ``ibert.``-prefixed) that no I-BERT module owns, and layers beyond
+    ``num_hidden_layers``: a typo'd or extra tensor would otherwise be silently ignored (and a
+    renamed ``pooler.dense.weight`` would silently drop the pooler). Task heads
+    (``classifier.``, ``lm_head.``, ...) and transformers' cached integer weights and scaling
+    factors are accepted. Raises :class:`~ibert_ref.loading.CheckpointError`."""
+    from .loading import CheckpointError
+
+    layers = config.get("num_hidden_layers", 0)
+    unknown, beyond = [], []
+    for key in keys:
+        if not _ENCODER_NAMESPACE.match(key):
+            continue
+        m = _ENCODER_TENSOR.match(key)
+        if m is None:
+            unknown.append(key)
+        elif m.group("layer") is not None and int(m.group("layer")) >= layers:
+            beyond.append(key)
+    if beyond:
+        raise CheckpointError(
+            f"checkpoint has tensors for encoder layers beyond num_hidden_layers={layers} in config.json, "
+            f"e.g. {beyond[0]!r} ({len(beyond)} tensors): config and weights do not match"
+        )
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint has {len(unknown)} tensor(s) that no I-BERT module owns, e.g. {unknown[:3]} "
+            "(typo, corruption, or not an I-BERT checkpoint)"
+        )

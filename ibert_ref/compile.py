@@ -14,12 +14,12 @@ layer the embeddings' output scale (stale), the exact datapath the previous laye
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 
+from .checkpoint_schema import check_tensor_keys, expected_shape  # noqa: F401 - the loader's checks, public here
 from .datapath import Datapath
 from .float_ops import FloatLayerNormParams
 from .kernels import (
@@ -610,33 +610,6 @@ def check_config(config: dict) -> None:
             raise CompileError(f"config.json: layer_norm_eps={eps!r} must be a finite number >= 0")
 
 
-def expected_shape(key: str, config: dict):
-    """The shape a checkpoint tensor must have under ``config`` (None when not checked)."""
-    h, i = config["hidden_size"], config["intermediate_size"]
-    parts = key.split(".")
-    leaf, owner = parts[-1], parts[-2] if len(parts) > 1 else ""
-    if leaf in ("x_min", "x_max", "shift"):
-        return (1,)
-    if key.startswith("embeddings.") and leaf == "weight" and owner.endswith("_embeddings"):
-        rows = {
-            "word_embeddings": config["vocab_size"],
-            "token_type_embeddings": config.get("type_vocab_size", 1),
-            "position_embeddings": config["max_position_embeddings"],
-        }[owner]
-        return (rows, h)
-    if owner == "LayerNorm":
-        return (h,)
-    if owner in ("query", "key", "value") or key.endswith("attention.output.dense." + leaf) or owner == "pooler":
-        return (h, h) if leaf == "weight" else (h,)
-    if key.endswith("intermediate.dense." + leaf):
-        return (i, h) if leaf == "weight" else (i,)
-    if key.endswith("output.dense." + leaf):
-        return (h, i) if leaf == "weight" else (h,)
-    if key.startswith("pooler.dense."):
-        return (h, h) if leaf == "weight" else (h,)
-    return None
-
-
 def act_out_scale(p: ActParams) -> np.ndarray:
     """The output scale of a compiled QuantAct (either path)."""
     return p.scale if isinstance(p, QuantizeInputParams) else p.out_scale
@@ -669,59 +642,3 @@ def compile_model(
     return CompiledModel(
         config=config, datapath_name=dp.name, embeddings=emb, layers=layers, pooler=pooler, force_dequant=fd
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Which stored tensors belong to the encoder (anything else in its namespaces is refused)
-_QUANT_ACT = r"(x_min|x_max|act_scaling_factor)"
-_LINEAR = r"(weight|bias|weight_integer|bias_integer|fc_scaling_factor)"
-_LAYERNORM = r"LayerNorm\.((weight|bias|shift)|activation\." + _QUANT_ACT + ")"
-_ENCODER_TENSOR = re.compile(
-    r"^(?:ibert\.)?(?:"
-    r"embeddings\.(?:position_ids|token_type_ids"
-    r"|(?:word|position|token_type)_embeddings\.(?:weight|weight_integer|weight_scaling_factor)"
-    r"|(?:embeddings_act1|embeddings_act2|output_activation)\." + _QUANT_ACT + "|" + _LAYERNORM + ")"
-    r"|encoder\.layer\.(?P<layer>\d+)\.(?:"
-    r"attention\.self\.(?:(?:query|key|value)\." + _LINEAR
-    + r"|(?:query_activation|key_activation|value_activation|output_activation|softmax\.act)\." + _QUANT_ACT + ")"
-    r"|attention\.output\.(?:dense\." + _LINEAR + r"|(?:ln_input_act|output_activation)\." + _QUANT_ACT
-    + "|" + _LAYERNORM + ")"
-    r"|(?:pre_intermediate_act|pre_output_act|intermediate\.output_activation)\." + _QUANT_ACT
-    + r"|intermediate\.dense\." + _LINEAR
-    + r"|output\.(?:dense\." + _LINEAR + r"|(?:ln_input_act|output_activation)\." + _QUANT_ACT + "|" + _LAYERNORM + ")"
-    r")"
-    r"|pooler\.dense\.(?:weight|bias)"
-    r")$"
-)
-_ENCODER_NAMESPACE = re.compile(r"^(?:ibert\.)?(?:embeddings|encoder|pooler)\.")
-
-
-def check_tensor_keys(keys, config: dict) -> None:
-    """Refuse stored tensors inside the encoder's namespaces (``embeddings.``, ``encoder.``,
-    ``pooler.``, optionally ``ibert.``-prefixed) that no I-BERT module owns, and layers beyond
-    ``num_hidden_layers``: a typo'd or extra tensor would otherwise be silently ignored (and a
-    renamed ``pooler.dense.weight`` would silently drop the pooler). Task heads
-    (``classifier.``, ``lm_head.``, ...) and transformers' cached integer weights and scaling
-    factors are accepted. Raises :class:`~ibert_ref.loading.CheckpointError`."""
-    from .loading import CheckpointError
-
-    layers = config.get("num_hidden_layers", 0)
-    unknown, beyond = [], []
-    for key in keys:
-        if not _ENCODER_NAMESPACE.match(key):
-            continue
-        m = _ENCODER_TENSOR.match(key)
-        if m is None:
-            unknown.append(key)
-        elif m.group("layer") is not None and int(m.group("layer")) >= layers:
-            beyond.append(key)
-    if beyond:
-        raise CheckpointError(
-            f"checkpoint has tensors for encoder layers beyond num_hidden_layers={layers} in config.json, "
-            f"e.g. {beyond[0]!r} ({len(beyond)} tensors): config and weights do not match"
-        )
-    if unknown:
-        raise CheckpointError(
-            f"checkpoint has {len(unknown)} tensor(s) that no I-BERT module owns, e.g. {unknown[:3]} "
-            "(typo, corruption, or not an I-BERT checkpoint)"
-        )

@@ -72,6 +72,9 @@ class Op:
     params: str
     bits: Optional[int] = None
     identity: Optional[str] = None
+    #: shape of the module's float ``weight`` as config fields (a LayerNorm: ``(H,)``; its bias and
+    #: a QuantLinear's bias have the first dimension)
+    weight: Optional[Tuple[str, ...]] = None
     layer: Optional[int] = None
 
     @property
@@ -91,14 +94,22 @@ class Op:
             return None
         return self.name[: -len(FIRST_CALL)] if self.name.endswith(FIRST_CALL) else self.name
 
+    def weight_shape(self, config: dict) -> Tuple[int, ...]:
+        """The shape of the module's float ``weight`` under ``config``."""
+        return tuple(int(config.get(k, 1) if k == "type_vocab_size" else config[k]) for k in self.weight)
+
     @property
     def traced(self) -> bool:
         """Whether the model's trace records this op (its module's last call)."""
         return self.kind in TRACED_KINDS and not self.name.endswith(FIRST_CALL)
 
 
-def _op(name, kind, kernel, inputs, params, bits=None, identity=None) -> Op:
-    return Op(name, kind, kernel, tuple(inputs), params, bits, identity)
+def _op(name, kind, kernel, inputs, params, bits=None, identity=None, weight=None) -> Op:
+    return Op(name, kind, kernel, tuple(inputs), params, bits, identity, weight)
+
+
+#: The config fields of the widths the weight shapes are made of.
+H, I = "hidden_size", "intermediate_size"
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,17 +118,20 @@ _E = "embeddings_act1"
 EMBEDDINGS: Tuple[Op, ...] = (
     # name (module path)      kind              kernel             inputs                   params / bits / identity
     # ids (B,T) -> int8 (B,T,H) table rows, scale per tensor
-    _op("word_embeddings",       "QuantEmbedding", "quant_embedding", [INPUT_IDS],             "word"),
-    _op("token_type_embeddings", "QuantEmbedding", "quant_embedding", [TOKEN_TYPE_IDS],        "token_type"),
+    _op("word_embeddings",       "QuantEmbedding", "quant_embedding", [INPUT_IDS],             "word",
+        weight=("vocab_size", H)),
+    _op("token_type_embeddings", "QuantEmbedding", "quant_embedding", [TOKEN_TYPE_IDS],        "token_type",
+        weight=("type_vocab_size", H)),
     # word + token_type -> 16-bit (first call of embeddings_act1)
     _op(_E + FIRST_CALL,         "QuantAct",       "requantize",      ["word_embeddings"],     "act1_first", 16,
         identity="token_type_embeddings"),
-    _op("position_embeddings",   "QuantEmbedding", "quant_embedding", [POSITION_IDS],          "position"),
+    _op("position_embeddings",   "QuantEmbedding", "quant_embedding", [POSITION_IDS],          "position",
+        weight=("max_position_embeddings", H)),
     # (word + token_type) + position -> 16-bit (the same module called again)
     _op(_E,                      "QuantAct",       "requantize",      [_E + FIRST_CALL],       "act1_second", 16,
         identity="position_embeddings"),
     # IntLayerNorm -> ~31-bit, then int8 h
-    _op("LayerNorm",             "IntLayerNorm",   "int_layernorm",   [_E],                    "layernorm"),
+    _op("LayerNorm",             "IntLayerNorm",   "int_layernorm",   [_E],                    "layernorm", weight=(H,)),
     _op("output_activation",     "QuantAct",       "requantize",      ["LayerNorm"],           "output_activation", 8),
 )
 
@@ -128,9 +142,9 @@ _GELU = "intermediate.intermediate_act_fn"
 LAYER: Tuple[Op, ...] = (
     # name (module path)          kind                kernel               inputs         params / bits / identity
     # q, k, v: int8 x int8 -> int32 accumulators (+ int32 bias), (B,T,H); requantized to int8
-    _op(_S + "query",             "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "query"),
-    _op(_S + "key",               "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "key"),
-    _op(_S + "value",             "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "value"),
+    _op(_S + "query",             "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "query", weight=(H, H)),
+    _op(_S + "key",               "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "key", weight=(H, H)),
+    _op(_S + "value",             "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "value", weight=(H, H)),
     _op(_S + "query_activation",  "QuantAct",         "requantize",        [_S + "query"],         "query_activation", 8),
     _op(_S + "key_activation",    "QuantAct",         "requantize",        [_S + "key"],           "key_activation", 8),
     _op(_S + "value_activation",  "QuantAct",         "requantize",        [_S + "value"],         "value_activation", 8),
@@ -143,23 +157,25 @@ LAYER: Tuple[Op, ...] = (
     _op(_S + "context",           "AttentionContext", "attention_context", [_S + "softmax", _S + "value_activation"],
         "context_scale"),
     _op(_S + "output_activation", "QuantAct",         "requantize",        [_S + "context"],       "self_output_activation", 8),
-    _op(_O + "dense",             "QuantLinear",      "quant_linear",      [_S + "output_activation"], "attn_dense"),
+    _op(_O + "dense",             "QuantLinear",      "quant_linear",      [_S + "output_activation"], "attn_dense",
+        weight=(H, H)),
     _op(_O + "ln_input_act",      "QuantAct",         "requantize",        [_O + "dense"],         "attn_ln_input_act", 22,
         identity=LAYER_INPUT),
-    _op(_O + "LayerNorm",         "IntLayerNorm",     "int_layernorm",     [_O + "ln_input_act"],  "attn_layernorm"),
+    _op(_O + "LayerNorm",         "IntLayerNorm",     "int_layernorm",     [_O + "ln_input_act"],  "attn_layernorm", weight=(H,)),
     _op(_O + "output_activation", "QuantAct",         "requantize",        [_O + "LayerNorm"],     "attn_output_activation", 8),
     # a = pre_intermediate_act (int8): the FFN's input AND its residual (transformers' wiring)
     _op("pre_intermediate_act",   "QuantAct",         "requantize",        [_O + "output_activation"], "pre_intermediate_act", 8),
     # dense int32 (B,T,I) -> IntGELU ~40-bit -> int8 -> int8 again
-    _op("intermediate.dense",     "QuantLinear",      "quant_linear",      ["pre_intermediate_act"], "intermediate_dense"),
+    _op("intermediate.dense",     "QuantLinear",      "quant_linear",      ["pre_intermediate_act"], "intermediate_dense",
+        weight=(I, H)),
     _op(_GELU,                    "IntGELU",          "int_gelu",          ["intermediate.dense"], "gelu"),
     _op("intermediate.output_activation", "QuantAct", "requantize",        [_GELU],                "intermediate_output_activation", 8),
     _op("pre_output_act",         "QuantAct",         "requantize",        ["intermediate.output_activation"], "pre_output_act", 8),
     # dense int32 (B,T,H) -> + residual a -> 22-bit -> IntLayerNorm -> int8: the next layer's h
-    _op("output.dense",           "QuantLinear",      "quant_linear",      ["pre_output_act"],     "output_dense"),
+    _op("output.dense",           "QuantLinear",      "quant_linear",      ["pre_output_act"],     "output_dense", weight=(H, I)),
     _op("output.ln_input_act",    "QuantAct",         "requantize",        ["output.dense"],       "output_ln_input_act", 22,
         identity="pre_intermediate_act"),
-    _op("output.LayerNorm",       "IntLayerNorm",     "int_layernorm",     ["output.ln_input_act"], "output_layernorm"),
+    _op("output.LayerNorm",       "IntLayerNorm",     "int_layernorm",     ["output.ln_input_act"], "output_layernorm", weight=(H,)),
     _op("output.output_activation", "QuantAct",       "requantize",        ["output.LayerNorm"],   "output_activation", 8),
 )
 
