@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Union
 import numpy as np
 
 from .checkpoint_schema import check_tensor_keys, expected_shape  # noqa: F401 - the loader's checks, public here
+from .dataflow import LAYER_INPUT, block_ops, quant_act_bits
 from .datapath import Datapath
 from .float_ops import FloatLayerNormParams
 from .kernels import (
@@ -420,23 +421,30 @@ def range_key(get: Getter, prefix: str) -> str:
     return f"{prefix}.x_min/x_max = [{lo:.6g}, {hi:.6g}]"
 
 
+def _modules_by_field(layer: Optional[int]) -> Dict[str, str]:
+    """Params field -> the module path of the op it belongs to (:mod:`ibert_ref.dataflow`; the
+    first op of a field shared by two ops: the softmax's QuantAct)."""
+    out: Dict[str, str] = {}
+    for op in block_ops(layer):
+        out.setdefault(op.params, op.module)
+    return out
+
+
 def compile_embeddings(dp: Datapath, get: Getter, fd: frozenset = frozenset(), eps: float = 1e-12) -> EmbeddingsParams:
-    p = "embeddings."
-
-    def k(name):
-        return range_key(get, p + name)
-
-    word = embedding_params(dp, get(p + "word_embeddings.weight"))
-    token_type = embedding_params(dp, get(p + "token_type_embeddings.weight"))
-    position = embedding_params(dp, get(p + "position_embeddings.weight"))
-    s_act1 = act_scale(get, p + "embeddings_act1", EMBEDDING_ACT_BITS)
-    layernorm = norm_params(dp, get, p + "LayerNorm", fd, eps)
-    s_out = act_scale(get, p + "output_activation", ACT_BITS)
-    act1_first = requant_params(EMBEDDING_ACT_BITS, s_act1, word.scale, token_type.scale, what=k("embeddings_act1"))
-    act1_second = requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, position.scale, what=k("embeddings_act1"))
+    """The embeddings' constants; module names and wiring from :data:`ibert_ref.dataflow.EMBEDDINGS`."""
+    m = _modules_by_field(None)
+    word = embedding_params(dp, get(m["word"] + ".weight"))
+    token_type = embedding_params(dp, get(m["token_type"] + ".weight"))
+    position = embedding_params(dp, get(m["position"] + ".weight"))
+    act1, act1_bits = m["act1_second"], quant_act_bits(m["act1_second"])
+    s_act1 = act_scale(get, act1, act1_bits)
+    layernorm = norm_params(dp, get, m["layernorm"], fd, eps)
+    s_out = act_scale(get, m["output_activation"], quant_act_bits(m["output_activation"]))
+    act1_first = requant_params(act1_bits, s_act1, word.scale, token_type.scale, what=range_key(get, act1))
+    act1_second = requant_params(act1_bits, s_act1, s_act1, position.scale, what=range_key(get, act1))
     if isinstance(layernorm, LayerNormParams):  # int8 tables: |q| <= 127
         first_zero = always_zero(127, act1_first.dy) and always_zero(127, act1_first.dy_identity)
-        check_layernorm_input(k("embeddings_act1"), [(0 if first_zero else 2**15, act1_second.dy),
+        check_layernorm_input(range_key(get, act1), [(0 if first_zero else 2 ** (act1_bits - 1), act1_second.dy),
                                                      (127, act1_second.dy_identity)])
     return EmbeddingsParams(
         word=word,
@@ -445,73 +453,80 @@ def compile_embeddings(dp: Datapath, get: Getter, fd: frozenset = frozenset(), e
         act1_first=act1_first,
         act1_second=act1_second,
         layernorm=layernorm,
-        output_activation=act_params(ACT_BITS, s_out, layernorm, what=k("output_activation")),
-        act1_input=QuantizeInputParams(bits=EMBEDDING_ACT_BITS, scale=s_act1),
-        act1_input_identity=requant_params(EMBEDDING_ACT_BITS, s_act1, s_act1, token_type.scale,
-                                           what=k("embeddings_act1")),
+        output_activation=act_params(quant_act_bits(m["output_activation"]), s_out, layernorm,
+                                     what=range_key(get, m["output_activation"])),
+        act1_input=QuantizeInputParams(bits=act1_bits, scale=s_act1),
+        act1_input_identity=requant_params(act1_bits, s_act1, s_act1, token_type.scale, what=range_key(get, act1)),
     )
 
 
 def compile_layer(
     dp: Datapath, get: Getter, i: int, in_scale, num_heads: int, fd: frozenset = frozenset(), eps: float = 1e-12
 ) -> LayerParams:
-    p = f"encoder.layer.{i}."
-    sa = p + "attention.self."
+    """Encoder layer ``i``'s constants for input scale ``in_scale``; module names, widths and the
+    residual wiring from :data:`ibert_ref.dataflow.LAYER` (``m[field]``: the module of the op whose
+    constants go to that :class:`LayerParams` field)."""
+    m = _modules_by_field(i)
 
     def k(name):
         return range_key(get, name)
 
-    hidden = get(sa + "query.weight").shape[0]
+    def scale(field):
+        return act_scale(get, m[field], quant_act_bits(m[field]))
+
+    hidden = get(m["query"] + ".weight").shape[0]
     head_dim = hidden // num_heads
 
-    def lin(name, s_in):
-        return linear_params(dp, get(name + ".weight"), get(name + ".bias"), s_in)
+    def lin(field, s_in):
+        return linear_params(dp, get(m[field] + ".weight"), get(m[field] + ".bias"), s_in)
 
-    query, key, value = lin(sa + "query", in_scale), lin(sa + "key", in_scale), lin(sa + "value", in_scale)
-    s_q = act_scale(get, sa + "query_activation", ACT_BITS)
-    s_k = act_scale(get, sa + "key_activation", ACT_BITS)
-    s_v = act_scale(get, sa + "value_activation", ACT_BITS)
+    query, key, value = lin("query", in_scale), lin("key", in_scale), lin("value", in_scale)
+    s_q, s_k, s_v = scale("query_activation"), scale("key_activation"), scale("value_activation")
     with np.errstate(over="ignore", under="ignore"):
         score_scale = (s_q * s_k) / F32(math.sqrt(head_dim))
-    softmax = None  # float softmax: softmax.act is never called (nor calibrated)
+    softmax = None  # float softmax: its QuantAct is never called (nor calibrated)
     if "softmax" not in fd:
-        softmax = softmax_params(dp, score_scale, act_scale(get, sa + "softmax.act", SOFTMAX_ACT_BITS),
-                                 what=f"{k(sa + 'softmax.act')}; score scale from {k(sa + 'query_activation')}, "
-                                      f"{k(sa + 'key_activation')}")
+        softmax = softmax_params(dp, score_scale, scale("softmax"),
+                                 what=f"{k(m['softmax'])}; score scale from {k(m['query_activation'])}, "
+                                      f"{k(m['key_activation'])}")
     context_scale = F32(1.0 / 256.0) * s_v
-    s_ctx_out = act_scale(get, sa + "output_activation", ACT_BITS)
+    s_ctx_out = scale("self_output_activation")
+    act8 = quant_act_bits(m["self_output_activation"])
     if softmax is None:
-        self_output_activation = QuantizeInputParams(bits=ACT_BITS, scale=s_ctx_out)
+        self_output_activation = QuantizeInputParams(bits=act8, scale=s_ctx_out)
     else:
-        self_output_activation = requant_params(ACT_BITS, s_ctx_out, context_scale, what=k(sa + "output_activation"))
+        self_output_activation = requant_params(act8, s_ctx_out, context_scale, what=k(m["self_output_activation"]))
 
-    ao = p + "attention.output."
-    attn_dense = lin(ao + "dense", s_ctx_out)
-    s_ln1_in = act_scale(get, ao + "ln_input_act", LN_INPUT_BITS)
-    ln1 = norm_params(dp, get, ao + "LayerNorm", fd, eps)
-    s_attn_out = act_scale(get, ao + "output_activation", ACT_BITS)
-    s_pre_int = act_scale(get, p + "pre_intermediate_act", ACT_BITS)
+    attn_dense = lin("attn_dense", s_ctx_out)
+    s_ln1_in = scale("attn_ln_input_act")
+    ln1 = norm_params(dp, get, m["attn_layernorm"], fd, eps)
+    s_attn_out = scale("attn_output_activation")
+    s_pre_int = scale("pre_intermediate_act")
 
-    inter_dense = lin(p + "intermediate.dense", s_pre_int)
+    inter_dense = lin("intermediate_dense", s_pre_int)
     gelu = None if "gelu" in fd else gelu_params(dp, inter_dense.out_scale)
     if gelu is not None:
-        w_inter = get(p + "intermediate.dense.weight")
+        w_inter = get(m["intermediate_dense"] + ".weight")
         x_bound = int(w_inter.shape[1]) * 127 * 127 + int(np.max(np.abs(np.asarray(inter_dense.b, dtype=np.float64))))
-        check_gelu_range(f"{p}intermediate.intermediate_act_fn (input scale from {k(p + 'pre_intermediate_act')} and "
-                         f"{p}intermediate.dense.weight)", gelu, x_bound)
-    s_inter_out = act_scale(get, p + "intermediate.output_activation", ACT_BITS)
-    s_pre_out = act_scale(get, p + "pre_output_act", ACT_BITS)
+        check_gelu_range(f"{m['gelu']} (input scale from {k(m['pre_intermediate_act'])} and "
+                         f"{m['intermediate_dense']}.weight)", gelu, x_bound)
+    s_inter_out = scale("intermediate_output_activation")
+    s_pre_out = scale("pre_output_act")
 
-    out_dense = lin(p + "output.dense", s_pre_out)
-    s_ln2_in = act_scale(get, p + "output.ln_input_act", LN_INPUT_BITS)
-    ln2 = norm_params(dp, get, p + "output.LayerNorm", fd, eps)
-    s_layer_out = act_scale(get, p + "output.output_activation", ACT_BITS)
-    attn_ln_input_act = requant_params(LN_INPUT_BITS, s_ln1_in, attn_dense.out_scale, in_scale,
-                                       what=k(ao + "ln_input_act"))
-    output_ln_input_act = requant_params(LN_INPUT_BITS, s_ln2_in, out_dense.out_scale, s_pre_int,
-                                         what=k(p + "output.ln_input_act"))
-    for name, act, dense, norm in ((ao + "ln_input_act", attn_ln_input_act, attn_dense, ln1),
-                                   (p + "output.ln_input_act", output_ln_input_act, out_dense, ln2)):
+    out_dense = lin("output_dense", s_pre_out)
+    s_ln2_in = scale("output_ln_input_act")
+    ln2 = norm_params(dp, get, m["output_layernorm"], fd, eps)
+    s_layer_out = scale("output_activation")
+    # the residual identities, as the dataflow wires them
+    identity_scale = {LAYER_INPUT: in_scale, m["pre_intermediate_act"]: s_pre_int}
+    residual = {op.params: identity_scale[op.identity] for op in block_ops(i) if op.identity}
+    ln_bits = quant_act_bits(m["attn_ln_input_act"])
+    attn_ln_input_act = requant_params(ln_bits, s_ln1_in, attn_dense.out_scale, residual["attn_ln_input_act"],
+                                       what=k(m["attn_ln_input_act"]))
+    output_ln_input_act = requant_params(ln_bits, s_ln2_in, out_dense.out_scale, residual["output_ln_input_act"],
+                                         what=k(m["output_ln_input_act"]))
+    for name, act, dense, norm in ((m["attn_ln_input_act"], attn_ln_input_act, attn_dense, ln1),
+                                   (m["output_ln_input_act"], output_ln_input_act, out_dense, ln2)):
         if isinstance(norm, LayerNormParams):  # the dense accumulator and an int8 residual
             acc_bound = int(np.asarray(dense.w).shape[1]) * 127 * 127 + int(
                 np.max(np.abs(np.asarray(dense.b, dtype=np.float64))))
@@ -521,9 +536,9 @@ def compile_layer(
         query=query,
         key=key,
         value=value,
-        query_activation=requant_params(ACT_BITS, s_q, query.out_scale, what=k(sa + "query_activation")),
-        key_activation=requant_params(ACT_BITS, s_k, key.out_scale, what=k(sa + "key_activation")),
-        value_activation=requant_params(ACT_BITS, s_v, value.out_scale, what=k(sa + "value_activation")),
+        query_activation=requant_params(act8, s_q, query.out_scale, what=k(m["query_activation"])),
+        key_activation=requant_params(act8, s_k, key.out_scale, what=k(m["key_activation"])),
+        value_activation=requant_params(act8, s_v, value.out_scale, what=k(m["value_activation"])),
         score_scale=score_scale,
         softmax=softmax,
         context_scale=context_scale,
@@ -531,17 +546,16 @@ def compile_layer(
         attn_dense=attn_dense,
         attn_ln_input_act=attn_ln_input_act,
         attn_layernorm=ln1,
-        attn_output_activation=act_params(ACT_BITS, s_attn_out, ln1, what=k(ao + "output_activation")),
-        pre_intermediate_act=requant_params(ACT_BITS, s_pre_int, s_attn_out, what=k(p + "pre_intermediate_act")),
+        attn_output_activation=act_params(act8, s_attn_out, ln1, what=k(m["attn_output_activation"])),
+        pre_intermediate_act=requant_params(act8, s_pre_int, s_attn_out, what=k(m["pre_intermediate_act"])),
         intermediate_dense=inter_dense,
         gelu=gelu,
-        intermediate_output_activation=act_params(ACT_BITS, s_inter_out, gelu,
-                                                  what=k(p + "intermediate.output_activation")),
-        pre_output_act=requant_params(ACT_BITS, s_pre_out, s_inter_out, what=k(p + "pre_output_act")),
+        intermediate_output_activation=act_params(act8, s_inter_out, gelu, what=k(m["intermediate_output_activation"])),
+        pre_output_act=requant_params(act8, s_pre_out, s_inter_out, what=k(m["pre_output_act"])),
         output_dense=out_dense,
         output_ln_input_act=output_ln_input_act,
         output_layernorm=ln2,
-        output_activation=act_params(ACT_BITS, s_layer_out, ln2, what=k(p + "output.output_activation")),
+        output_activation=act_params(act8, s_layer_out, ln2, what=k(m["output_activation"])),
         input_scale=np.asarray(in_scale, dtype=F32),
     )
 
