@@ -219,13 +219,20 @@ class CompiledDatapath(ExactDatapath):
     """:class:`~ibert_ref.datapath.ExactDatapath` on compiled kernels (see the module docstring).
 
     ``gemm``: ``None`` (``torch._int_mm`` if available and exact, else float32 BLAS),
-    ``"torch"`` or ``"blas"``.
+    ``"torch"`` or ``"blas"`` (or the environment variable ``IBERT_REF_INT_GEMM``). Threads:
+    numba's (one per core, or ``IBERT_REF_NUM_THREADS``) for the kernels, torch's for the GEMMs;
+    idle ones sleep (``OMP_WAIT_POLICY=PASSIVE``, see the module source).
     """
 
     backend = "compiled"
 
     def __init__(self, gemm=None):
         super().__init__(fast=True)
+        threads = os.environ.get("IBERT_REF_NUM_THREADS")
+        if threads:  # the kernels' threads (numba); default: one per core
+            import numba  # noqa: PLC0415
+
+            numba.set_num_threads(min(intops.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         self.int_gemm = choose_gemm(gemm)
         self._torch = self.int_gemm.torch if isinstance(self.int_gemm, TorchIntGemm) else None
         self._vectors = {}
