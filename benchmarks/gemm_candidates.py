@@ -27,17 +27,24 @@ import numpy as np
 SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (1024, 768, 3072), (512, 3072, 768)]
 
 
-def candidates(ort_path=None):
+def candidates(ort_path=None, only=None):
+    """name -> ``fn(x (M, K) int8, w (N, K) int8) -> (M, N)``; ``only``: import just that one."""
     from ibert_ref import intops
 
     out = {"blas": lambda x, w: intops.matmul_exact(x, w.T, narrow=True)}
+    if only == "blas":
+        return out
     try:
+        if only not in (None, "torch"):
+            raise ImportError
         import torch
 
         out["torch"] = lambda x, w: torch._int_mm(torch.from_numpy(x), torch.from_numpy(w).t()).numpy()
     except ImportError:
         pass
     try:
+        if only not in (None, "numba"):
+            raise ImportError
         from numba import njit, prange
 
         @njit(parallel=True, cache=True)
@@ -63,6 +70,8 @@ def candidates(ort_path=None):
     if ort_path:
         sys.path.append(ort_path)
     try:
+        if only not in (None, "onnxruntime"):
+            raise ImportError
         import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
@@ -99,13 +108,20 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--ort-path", default=None)
+    p.add_argument("--only", default=None, help="one candidate: blas, torch, numba or onnxruntime; each in its own process is fairer: "
+                   "torch's OpenMP threads and OpenBLAS' threads in one process get in each other's way")
+    p.add_argument("--no-header", action="store_true")
     args = p.parse_args(argv)
     from ibert_ref.backends.int_gemm import adversarial_operands, reference_int_matmul
 
     rng = np.random.default_rng(0)
-    cands = candidates(args.ort_path)
-    print("| candidate | adversarial operands (all -128 / 127, K = 3072) | " + " | ".join(f"{m}x{k}x{n}" for m, k, n in SHAPES) + " |")
-    print("|---|---|" + "---|" * len(SHAPES))
+    cands = candidates(args.ort_path, args.only)
+    if args.only:
+        cands = {k: v for k, v in cands.items() if k.startswith(args.only)}
+    if not args.no_header:
+        print("| candidate | adversarial operands (all -128 / 127, K = 3072) | "
+              + " | ".join(f"{m}x{k}x{n}" for m, k, n in SHAPES) + " |")
+        print("|---|---|" + "---|" * len(SHAPES))
     for name, fn in cands.items():
         adversarial = [np.array_equal(np.asarray(fn(a, np.ascontiguousarray(b.T))).astype(np.int64),
                                       reference_int_matmul(a, b)) for a, b in adversarial_operands()]
@@ -124,9 +140,10 @@ def main(argv=None) -> int:
             cells.append(f"{sec * 1e3:.2f} ms ({2 * m * k * n / sec / 1e9:.0f} GOP/s)"
                          + (f", {wrong} WRONG on random operands" if wrong else ""))
         print(f"| {name} | {exact} | " + " | ".join(cells) + " |")
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "?")
-    print(f"\nCPU: {cpu}; median of {args.repeats}; threads: torch/numba/BLAS defaults")
+    if not args.no_header:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "?")
+        print(f"\nCPU: {cpu}; median of {args.repeats}; threads: torch/numba/BLAS defaults")
     return 0
 
 
