@@ -10,8 +10,8 @@ runs the same train-mode forward on NumPy arrays:
   *before* the activation is quantized, and the quantization uses the updated range. First call
   (buffers still within +-1.1e-5): ``x_min = -1e-5 + min(x_act)``, ``x_max = 1e-5 + max(x_act)``;
   later calls: ``x_min = 0.95 * x_min + 0.05 * min(x_act)`` (same for max), all in float32.
-  ``momentum=-1`` keeps running min/max instead. ``embeddings_act1`` is called twice per
-  forward (word + token type, then + position), so its range moves twice per batch. IntSoftmax's
+  ``momentum=-1`` keeps running min/max instead. The embeddings' 16-bit QuantAct is called twice
+  per forward (word + token type, then + position), so its range moves twice per batch. IntSoftmax's
   16-bit QuantAct sees the raw integer ``exp_int`` (its range is in integer units).
 * **IntLayerNorm** in train mode: when ``sum(floor(y / 2^shift)^2) >= 2^32`` for some token,
   ``shift = max(shift, max(ceil(log2(sqrt(sum(y^2) / 2^32)))))`` and the variance is recomputed;
@@ -47,7 +47,7 @@ The range written is ``(max(min x, -c), min(max x, c))``, so ``max(|x_min|, |x_m
 running min/max over that batch: clipping the softmax's ``exp_int`` would saturate each row's
 largest probability.
 
-``embeddings_act1`` in the whole-set methods: its range is chosen **once, before its first
+The embeddings' 16-bit QuantAct in the whole-set methods: its range is chosen **once, before its first
 call**, from the float32 sums of both calls computed from the dequantized embeddings,
 ``x1 = token_type + word`` and ``x2 = position + x1``: ``x_min = min(-1e-5 + min x1, min x2)``,
 ``x_max = max(1e-5 + max x1, max x2)``. Both calls then quantize with that one scale. An eval
@@ -98,6 +98,7 @@ from .calibration.ranges import (
     select_range,
 )
 from .checkpoint_writer import copy_tokenizer_files, write_checkpoint
+from .dataflow import WORD_EMBEDDINGS
 from .loading import Checkpoint, load_checkpoint
 
 # The calibration package holds the pieces (ranges, float model, calibration forward, batches);
@@ -132,7 +133,7 @@ class CalibrationResult:
 
 
 def _base_prefix(checkpoint: Checkpoint) -> str:
-    return "ibert." if "ibert.embeddings.word_embeddings.weight" in checkpoint.tensors else ""
+    return "ibert." if f"ibert.{WORD_EMBEDDINGS}.weight" in checkpoint.tensors else ""
 
 
 def calibrate_checkpoint(

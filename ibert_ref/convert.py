@@ -49,6 +49,7 @@ from .checkpoint_schema import (  # noqa: F401 - re-exported: the names used to 
     uncalibrated_quant_buffers,
 )
 from .checkpoint_writer import TOKENIZER_FILES, copy_tokenizer_files, write_checkpoint  # noqa: F401
+from .dataflow import POSITION_IDS, block_ops
 from .loading import Checkpoint, load_checkpoint
 from .quant import F32
 
@@ -157,7 +158,7 @@ def convert_tensors(checkpoint: Checkpoint) -> Conversion:
     extra = sorted(set(base) - set(tensors) - {"embeddings.position_ids"})
     dropped += extra
 
-    pos_key = "embeddings.position_embeddings.weight"
+    pos_key = next(op.module for op in block_ops(None) if POSITION_IDS in op.inputs) + ".weight"
     if model_type == "bert":
         bert_rows = tensors[pos_key].shape[0]
         tensors[pos_key] = bert_position_table_for_ibert(tensors[pos_key], pad)

@@ -116,67 +116,74 @@ H, I = "hidden_size", "intermediate_size"
 # The embeddings. B batch, T tokens, H hidden. int8 tables, 16-bit sums, int8 output.
 _E = "embeddings_act1"
 EMBEDDINGS: Tuple[Op, ...] = (
-    # name (module path)      kind              kernel             inputs                   params / bits / identity
-    # ids (B,T) -> int8 (B,T,H) table rows, scale per tensor
-    _op("word_embeddings",       "QuantEmbedding", "quant_embedding", [INPUT_IDS],             "word",
+    # name (module path)     kind              kernel             inputs                params        bits  identity
+    # ids (B,T) -> int8 (B,T,H) table rows, one scale per table
+    _op("word_embeddings",       "QuantEmbedding", "quant_embedding", [INPUT_IDS],          "word",
         weight=("vocab_size", H)),
-    _op("token_type_embeddings", "QuantEmbedding", "quant_embedding", [TOKEN_TYPE_IDS],        "token_type",
+    _op("token_type_embeddings", "QuantEmbedding", "quant_embedding", [TOKEN_TYPE_IDS],     "token_type",
         weight=("type_vocab_size", H)),
     # word + token_type -> 16-bit (first call of embeddings_act1)
-    _op(_E + FIRST_CALL,         "QuantAct",       "requantize",      ["word_embeddings"],     "act1_first", 16,
+    _op(_E + FIRST_CALL,         "QuantAct",       "requantize",      ["word_embeddings"],  "act1_first",  16,
         identity="token_type_embeddings"),
-    _op("position_embeddings",   "QuantEmbedding", "quant_embedding", [POSITION_IDS],          "position",
+    _op("position_embeddings",   "QuantEmbedding", "quant_embedding", [POSITION_IDS],       "position",
         weight=("max_position_embeddings", H)),
     # (word + token_type) + position -> 16-bit (the same module called again)
-    _op(_E,                      "QuantAct",       "requantize",      [_E + FIRST_CALL],       "act1_second", 16,
+    _op(_E,                      "QuantAct",       "requantize",      [_E + FIRST_CALL],    "act1_second", 16,
         identity="position_embeddings"),
     # IntLayerNorm -> ~31-bit, then int8 h
-    _op("LayerNorm",             "IntLayerNorm",   "int_layernorm",   [_E],                    "layernorm", weight=(H,)),
-    _op("output_activation",     "QuantAct",       "requantize",      ["LayerNorm"],           "output_activation", 8),
+    _op("LayerNorm",             "IntLayerNorm",   "int_layernorm",   [_E],                 "layernorm",
+        weight=(H,)),
+    _op("output_activation",     "QuantAct",       "requantize",      ["LayerNorm"],        "output_activation", 8),
 )
 
 # ---------------------------------------------------------------------------------------
 # One encoder layer (paper: Alg. 1-4). h (B,T,H) int8, nh heads, I intermediate.
 _S, _O = "attention.self.", "attention.output."
-_GELU = "intermediate.intermediate_act_fn"
+_GELU, _INTER_ACT = "intermediate.intermediate_act_fn", "intermediate.output_activation"
 LAYER: Tuple[Op, ...] = (
-    # name (module path)          kind                kernel               inputs         params / bits / identity
-    # q, k, v: int8 x int8 -> int32 accumulators (+ int32 bias), (B,T,H); requantized to int8
-    _op(_S + "query",             "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "query", weight=(H, H)),
-    _op(_S + "key",               "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "key", weight=(H, H)),
-    _op(_S + "value",             "QuantLinear",      "quant_linear",      [LAYER_INPUT],          "value", weight=(H, H)),
-    _op(_S + "query_activation",  "QuantAct",         "requantize",        [_S + "query"],         "query_activation", 8),
-    _op(_S + "key_activation",    "QuantAct",         "requantize",        [_S + "key"],           "key_activation", 8),
-    _op(_S + "value_activation",  "QuantAct",         "requantize",        [_S + "value"],         "value_activation", 8),
-    # scores Q K^T int32 (B,nh,T,T); i-exp -> 16-bit (masked keys -> 0); normalise -> [0, 256]
-    _op(_S + "scores",            "AttentionScores",  "attention_scores",  [_S + "query_activation", _S + "key_activation"],
-        "score_scale"),
-    _op(_S + "softmax.act",       "QuantAct",         "int_exp",           [_S + "scores", ATTENTION_MASK], "softmax", 16),
-    _op(_S + "softmax",           "IntSoftmax",       "softmax_normalize", [_S + "softmax.act"],   "softmax"),
-    # context P V int32 (B,T,H) -> int8 -> dense int32 -> + residual h -> 22-bit -> IntLayerNorm -> int8
-    _op(_S + "context",           "AttentionContext", "attention_context", [_S + "softmax", _S + "value_activation"],
-        "context_scale"),
-    _op(_S + "output_activation", "QuantAct",         "requantize",        [_S + "context"],       "self_output_activation", 8),
-    _op(_O + "dense",             "QuantLinear",      "quant_linear",      [_S + "output_activation"], "attn_dense",
+    # name (module path)        kind                kernel               inputs                   params
+    # q, k, v: int8 x int8 -> int32 accumulators (+ int32 bias) (B,T,H), requantized to int8
+    _op(_S + "query",            "QuantLinear",      "quant_linear",      [LAYER_INPUT],           "query",
         weight=(H, H)),
-    _op(_O + "ln_input_act",      "QuantAct",         "requantize",        [_O + "dense"],         "attn_ln_input_act", 22,
+    _op(_S + "key",              "QuantLinear",      "quant_linear",      [LAYER_INPUT],           "key",
+        weight=(H, H)),
+    _op(_S + "value",            "QuantLinear",      "quant_linear",      [LAYER_INPUT],           "value",
+        weight=(H, H)),
+    _op(_S + "query_activation", "QuantAct",         "requantize",        [_S + "query"],          "query_activation", 8),
+    _op(_S + "key_activation",   "QuantAct",         "requantize",        [_S + "key"],            "key_activation", 8),
+    _op(_S + "value_activation", "QuantAct",         "requantize",        [_S + "value"],          "value_activation", 8),
+    # scores Q K^T int32 (B,nh,T,T); i-exp -> 16-bit (masked keys -> 0); normalise -> [0, 256], 2^-8
+    _op(_S + "scores",           "AttentionScores",  "attention_scores",
+        [_S + "query_activation", _S + "key_activation"],                                      "score_scale"),
+    _op(_S + "softmax.act",      "QuantAct",         "int_exp",           [_S + "scores", ATTENTION_MASK], "softmax", 16),
+    _op(_S + "softmax",          "IntSoftmax",       "softmax_normalize", [_S + "softmax.act"],    "softmax"),
+    # context P V int32 (B,T,H) -> int8 -> dense int32 -> + residual h, 22-bit -> IntLayerNorm -> int8
+    _op(_S + "context",          "AttentionContext", "attention_context",
+        [_S + "softmax", _S + "value_activation"],                                             "context_scale"),
+    _op(_S + "output_activation", "QuantAct",        "requantize",        [_S + "context"],        "self_output_activation", 8),
+    _op(_O + "dense",            "QuantLinear",      "quant_linear",      [_S + "output_activation"], "attn_dense",
+        weight=(H, H)),
+    _op(_O + "ln_input_act",     "QuantAct",         "requantize",        [_O + "dense"],          "attn_ln_input_act", 22,
         identity=LAYER_INPUT),
-    _op(_O + "LayerNorm",         "IntLayerNorm",     "int_layernorm",     [_O + "ln_input_act"],  "attn_layernorm", weight=(H,)),
-    _op(_O + "output_activation", "QuantAct",         "requantize",        [_O + "LayerNorm"],     "attn_output_activation", 8),
+    _op(_O + "LayerNorm",        "IntLayerNorm",     "int_layernorm",     [_O + "ln_input_act"],   "attn_layernorm",
+        weight=(H,)),
+    _op(_O + "output_activation", "QuantAct",        "requantize",        [_O + "LayerNorm"],      "attn_output_activation", 8),
     # a = pre_intermediate_act (int8): the FFN's input AND its residual (transformers' wiring)
-    _op("pre_intermediate_act",   "QuantAct",         "requantize",        [_O + "output_activation"], "pre_intermediate_act", 8),
+    _op("pre_intermediate_act",  "QuantAct",         "requantize",        [_O + "output_activation"], "pre_intermediate_act", 8),
     # dense int32 (B,T,I) -> IntGELU ~40-bit -> int8 -> int8 again
-    _op("intermediate.dense",     "QuantLinear",      "quant_linear",      ["pre_intermediate_act"], "intermediate_dense",
+    _op("intermediate.dense",    "QuantLinear",      "quant_linear",      ["pre_intermediate_act"], "intermediate_dense",
         weight=(I, H)),
-    _op(_GELU,                    "IntGELU",          "int_gelu",          ["intermediate.dense"], "gelu"),
-    _op("intermediate.output_activation", "QuantAct", "requantize",        [_GELU],                "intermediate_output_activation", 8),
-    _op("pre_output_act",         "QuantAct",         "requantize",        ["intermediate.output_activation"], "pre_output_act", 8),
-    # dense int32 (B,T,H) -> + residual a -> 22-bit -> IntLayerNorm -> int8: the next layer's h
-    _op("output.dense",           "QuantLinear",      "quant_linear",      ["pre_output_act"],     "output_dense", weight=(H, I)),
-    _op("output.ln_input_act",    "QuantAct",         "requantize",        ["output.dense"],       "output_ln_input_act", 22,
+    _op(_GELU,                   "IntGELU",          "int_gelu",          ["intermediate.dense"],  "gelu"),
+    _op(_INTER_ACT,              "QuantAct",         "requantize",        [_GELU],                 "intermediate_output_activation", 8),
+    _op("pre_output_act",        "QuantAct",         "requantize",        [_INTER_ACT],            "pre_output_act", 8),
+    # dense int32 (B,T,H) -> + residual a, 22-bit -> IntLayerNorm -> int8: the next layer's h
+    _op("output.dense",          "QuantLinear",      "quant_linear",      ["pre_output_act"],      "output_dense",
+        weight=(H, I)),
+    _op("output.ln_input_act",   "QuantAct",         "requantize",        ["output.dense"],        "output_ln_input_act", 22,
         identity="pre_intermediate_act"),
-    _op("output.LayerNorm",       "IntLayerNorm",     "int_layernorm",     ["output.ln_input_act"], "output_layernorm", weight=(H,)),
-    _op("output.output_activation", "QuantAct",       "requantize",        ["output.LayerNorm"],   "output_activation", 8),
+    _op("output.LayerNorm",      "IntLayerNorm",     "int_layernorm",     ["output.ln_input_act"], "output_layernorm",
+        weight=(H,)),
+    _op("output.output_activation", "QuantAct",      "requantize",        ["output.LayerNorm"],    "output_activation", 8),
 )
 
 #: QuantActs transformers creates but never calls (buffers stay at their initial values),
@@ -249,6 +256,14 @@ LAYER_ACT8 = tuple(op.name for op in LAYER if op.kind == "QuantAct" and op.bits 
 LAYER_INPUT_OPS = tuple(op.name for op in LAYER if LAYER_INPUT in op.inputs)
 #: The QuantAct that ends a block (its output is the next layer's input).
 OUTPUT_ACT = LAYER[-1].name
+#: The word-embedding table (the lookup of the input ids; tied to the LM head's decoder).
+WORD_EMBEDDINGS = EMBEDDINGS_PREFIX + next(op.name for op in EMBEDDINGS if INPUT_IDS in op.inputs)
+
+
+def block_output_params(embeddings, layers):
+    """The compiled constants of the encoder's last QuantAct: the last layer's, or the
+    embeddings' when there is no layer (``embeddings``/``layers``: a CompiledModel's)."""
+    return getattr(layers[-1], LAYER[-1].params) if layers else getattr(embeddings, EMBEDDINGS[-1].params)
 
 
 def module_names(num_layers: int) -> List[str]:

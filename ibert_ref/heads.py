@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from .compile import CompileError, PoolerParams, act_out_scale
+from .dataflow import WORD_EMBEDDINGS, block_output_params
 from .float_ops import IGNORE_INDEX, FloatLayerNormParams, FloatLinearParams, FloatOps
 from .integer_heads import IntegerLinearHead, IntegerLMHead, IntegerTanhHead
 from .loading import CheckpointError
@@ -365,7 +366,7 @@ class IBertForMaskedLM(_PerTokenLabelsHead):
         cfg = checkpoint.config
         h, v = cfg["hidden_size"], cfg["vocab_size"]
         if cfg.get("tie_word_embeddings", True):
-            decoder_w = checkpoint.tensor("embeddings.word_embeddings.weight", shape=(v, h)).astype(F32)
+            decoder_w = checkpoint.tensor(WORD_EMBEDDINGS + ".weight", shape=(v, h)).astype(F32)
         else:
             decoder_w = t["lm_head.decoder.weight"]
         return dict(
@@ -687,10 +688,7 @@ class IBertForQuestionAnswering(IBertPreTrainedHead):
 
 def _last_scale(ibert: IBertModel) -> np.ndarray:
     """The float32 scale of the encoder's int8 output (its last QuantAct)."""
-    layers = ibert.compiled.layers
-    if not layers:
-        return act_out_scale(ibert.compiled.embeddings.output_activation)
-    return act_out_scale(layers[-1].output_activation)
+    return act_out_scale(block_output_params(ibert.compiled.embeddings, ibert.compiled.layers))
 
 
 HEAD_CLASSES = {

@@ -56,7 +56,7 @@ TANH_OUT_SCALE_F32 = np.array([1.0 / TANH_OUT_MAX], dtype=F32)
 EXP_COEF = (0.35815147, 0.96963238, 1.0)
 LN2 = 0.6931
 #: Width of the LM head's GELU output once requantized (IntLayerNorm's input), as I-BERT's
-#: ``ln_input_act``.
+#: LayerNorm-input QuantActs (:mod:`ibert_ref.dataflow`).
 LM_LN_INPUT_BITS = 22
 
 

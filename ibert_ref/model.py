@@ -253,13 +253,13 @@ def embeddings_forward(
     if inputs_embeds is not None:
         word, first = ops[0].name, next(op for op in ops if op.name.endswith(FIRST_CALL))
 
-        def embeds_first_call(env):
+        def quantize_embeds(env):
             emb = K.quantize_input(dp, inputs_embeds, p.act1_input)
             if reproduces_transformers_quirks(dp):
                 return emb
             return K.requantize(dp, emb, p.act1_input_identity, identity=env[first.identity])
 
-        hooks = {word: lambda env: None, first.name: embeds_first_call}
+        hooks = {word: lambda env: None, first.name: quantize_embeds}
     env = run_block(dp, ops, env, params=_compiled(p), rec=rec, fops=fops or FloatOps(), hooks=hooks)
     return env[ops[-1].name]
 

@@ -51,6 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("ibert_ref.strategies needs hypothesis: pip install 'ibert-ref[test]'") from exc
 
 from . import compile as C
+from . import dataflow as D
 from . import intops
 from .datapath import Datapath, available_datapaths, make_datapath
 from .loading import Checkpoint
@@ -342,9 +343,46 @@ def _layernorm_f64(x, gamma, beta, eps=1e-12):
     return (x - mean) / np.sqrt(var + eps) * gamma + beta
 
 
-def _softmax_f64(s):
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def _float64_block(f, ops, env, mask, heads, seen):
+    """One block of :mod:`ibert_ref.dataflow` in float64 (float GELU, softmax and LayerNorm; weights
+    ``f``): ``seen(name, x, mask)`` is called with each QuantAct's input (``x`` plus its residual
+    identity; not the softmax's, whose range is set from its score scale). Returns the block output."""
+    real = np.asarray(mask).astype(bool)
+
+    def split(a):
+        b, t, h = a.shape
+        return a.reshape(b, t, heads, h // heads).transpose(0, 2, 1, 3)
+
+    for op in ops:
+        a = [env[n] for n in op.sources]
+        k = op.kernel
+        if k == "quant_embedding":
+            out = f[op.module + ".weight"][a[0]]
+        elif k == "requantize":
+            out = a[0] if len(a) == 1 else a[0] + a[1]
+            seen(op.module, out, mask)
+        elif k == "quant_linear":
+            out = a[0] @ f[op.module + ".weight"].T + f[op.module + ".bias"]
+        elif k == "attention_scores":
+            hd = a[0].shape[-1] // heads
+            bias = np.where(real, 0.0, -1e9)[:, None, None, :]
+            out = split(a[0]) @ split(a[1]).transpose(0, 1, 3, 2) / math.sqrt(hd) + bias
+        elif k == "int_exp":
+            out = np.exp(a[0] - a[0].max(axis=-1, keepdims=True))
+        elif k == "softmax_normalize":
+            out = a[0] / a[0].sum(axis=-1, keepdims=True)
+        elif k == "attention_context":
+            ctx = a[0] @ split(a[1])
+            b, t = a[1].shape[:2]
+            out = ctx.transpose(0, 2, 1, 3).reshape(b, t, a[1].shape[-1])
+        elif k == "int_gelu":
+            out = _gelu_f64(a[0])
+        elif k == "int_layernorm":
+            out = _layernorm_f64(a[0], f[op.module + ".weight"], f[op.module + ".bias"])
+        else:  # pragma: no cover - every kernel of the dataflow is listed
+            raise KeyError(k)
+        env[op.name] = out
+    return env[ops[-1].name]
 
 
 def _worst_case_shift(hidden: int, in_bits: int) -> int:
@@ -374,7 +412,7 @@ def make_numpy_checkpoint(config: dict, seed: int = 0, *, calib_batches: int = 4
     cfg = dict(config)
     C.check_config(cfg)
     rng = np.random.default_rng(seed)
-    h, inter, nl = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    h, nl = cfg["hidden_size"], cfg["num_hidden_layers"]
     heads, vocab, maxpos = cfg["num_attention_heads"], cfg["vocab_size"], cfg["max_position_embeddings"]
     tv, pad = cfg.get("type_vocab_size", 1), cfg.get("pad_token_id", 1)
     hd = h // heads
@@ -394,23 +432,23 @@ def make_numpy_checkpoint(config: dict, seed: int = 0, *, calib_batches: int = 4
         t[name + ".bias"] = normal((h,), 0.3)
         t[name + ".shift"] = np.array([_worst_case_shift(h, in_bits)], dtype=F32)
 
-    e = "embeddings."
-    t[e + "word_embeddings.weight"] = normal((vocab, h), 1.0)
-    t[e + "word_embeddings.weight"][pad] = 0
-    t[e + "position_embeddings.weight"] = normal((maxpos, h), 1.0)
-    t[e + "position_embeddings.weight"][pad] = 0
-    t[e + "token_type_embeddings.weight"] = normal((tv, h), 1.0)
-    layernorm(e + "LayerNorm", C.EMBEDDING_ACT_BITS)
-    for i in range(nl):
-        p = f"encoder.layer.{i}."
-        for name in ("query", "key"):
-            linear(p + "attention.self." + name, h, h, std=0.3)
-        linear(p + "attention.self.value", h, h)
-        linear(p + "attention.output.dense", h, h)
-        layernorm(p + "attention.output.LayerNorm", C.LN_INPUT_BITS)
-        linear(p + "intermediate.dense", inter, h)
-        linear(p + "output.dense", h, inter)
-        layernorm(p + "output.LayerNorm", C.LN_INPUT_BITS)
+    emb_ops = D.block_ops(None)
+    tables = {op.inputs[0]: op.module for op in emb_ops if op.kernel == "quant_embedding"}
+    for ids_name, rows in ((D.INPUT_IDS, vocab), (D.POSITION_IDS, maxpos), (D.TOKEN_TYPE_IDS, tv)):
+        t[tables[ids_name] + ".weight"] = normal((rows, h), 1.0)
+        if ids_name != D.TOKEN_TYPE_IDS:
+            t[tables[ids_name] + ".weight"][pad] = 0
+    for i in [None] + list(range(nl)):
+        ops = D.block_ops(i)
+        by_name = {op.name: op for op in ops}
+        scores = next(op for op in ops if op.kernel == "attention_scores") if i is not None else None
+        qk = {by_name[a].inputs[0] for a in scores.inputs} if scores is not None else set()
+        for op in ops:
+            if op.kernel == "quant_linear":
+                out_dim, in_dim = op.weight_shape(cfg)
+                linear(op.module, out_dim, in_dim, std=0.3 if op.name in qk else None)
+            elif op.kernel == "int_layernorm":
+                layernorm(op.module, D.quant_act_bits(op.inputs[0]))
     linear("pooler.dense", h, h)
 
     # ---- calibration: float64 forward, min/max of every QuantAct input --------------------
@@ -432,52 +470,24 @@ def make_numpy_checkpoint(config: dict, seed: int = 0, *, calib_batches: int = 4
         mask = (ids != pad).astype(np.int64)
         pos = np.cumsum(mask, axis=1) * mask + pad
         tt = rng.integers(0, tv, size=ids.shape)
-        x = f[e + "word_embeddings.weight"][ids] + f[e + "token_type_embeddings.weight"][tt]
-        seen(e + "embeddings_act1", x, mask)
-        x = x + f[e + "position_embeddings.weight"][pos]
-        seen(e + "embeddings_act1", x, mask)
-        x = _layernorm_f64(x, f[e + "LayerNorm.weight"], f[e + "LayerNorm.bias"])
-        seen(e + "output_activation", x, mask)
+        env = {D.INPUT_IDS: ids, D.POSITION_IDS: pos, D.TOKEN_TYPE_IDS: tt, D.ATTENTION_MASK: mask}
+        x = _float64_block(f, emb_ops, env, mask, heads, seen)
         for i in range(nl):
-            p = f"encoder.layer.{i}."
-            sa = p + "attention.self."
-
-            def lin(name, v):
-                return v @ f[name + ".weight"].T + f[name + ".bias"]
-
-            q, k, v = lin(sa + "query", x), lin(sa + "key", x), lin(sa + "value", x)
-            for n, a in (("query", q), ("key", k), ("value", v)):
-                seen(sa + n + "_activation", a, mask)
-            b, T = ids.shape
-            qh, kh, vh = (a.reshape(b, T, heads, hd).transpose(0, 2, 1, 3) for a in (q, k, v))
-            s = qh @ kh.transpose(0, 1, 3, 2) / math.sqrt(hd) + np.where(mask, 0.0, -1e9)[:, None, None, :]
-            ctx = (_softmax_f64(s) @ vh).transpose(0, 2, 1, 3).reshape(b, T, h)
-            seen(sa + "output_activation", ctx, mask)
-            ao = p + "attention.output."
-            a = lin(ao + "dense", ctx) + x
-            seen(ao + "ln_input_act", a, mask)
-            a = _layernorm_f64(a, f[ao + "LayerNorm.weight"], f[ao + "LayerNorm.bias"])
-            seen(ao + "output_activation", a, mask)
-            seen(p + "pre_intermediate_act", a, mask)
-            g = _gelu_f64(lin(p + "intermediate.dense", a))
-            seen(p + "intermediate.output_activation", g, mask)
-            seen(p + "pre_output_act", g, mask)
-            y = lin(p + "output.dense", g) + a
-            seen(p + "output.ln_input_act", y, mask)
-            x = _layernorm_f64(y, f[p + "output.LayerNorm.weight"], f[p + "output.LayerNorm.bias"])
-            seen(p + "output.output_activation", x, mask)
+            x = _float64_block(f, D.block_ops(i), {D.LAYER_INPUT: x, D.ATTENTION_MASK: mask}, mask, heads, seen)
 
     for name in lo:
         t[name + ".x_min"] = np.array([lo[name]], dtype=F32)
         t[name + ".x_max"] = np.array([hi[name]], dtype=F32)
     for i in range(nl):
-        sa = f"encoder.layer.{i}.attention.self."
-        s_q = symmetric_scale_f32(8, t[sa + "query_activation.x_min"], t[sa + "query_activation.x_max"])
-        s_k = symmetric_scale_f32(8, t[sa + "key_activation.x_min"], t[sa + "key_activation.x_max"])
+        ops = D.block_ops(i)
+        q_act, k_act = next(op for op in ops if op.kernel == "attention_scores").inputs
+        exp_act = next(op for op in ops if op.kernel == "int_exp").module
+        s_q = symmetric_scale_f32(8, t[q_act + ".x_min"], t[q_act + ".x_max"])
+        s_k = symmetric_scale_f32(8, t[k_act + ".x_min"], t[k_act + ".x_max"])
         s = (s_q * s_k) / F32(math.sqrt(hd))
         c_int = np.floor(C.rdiv_f32(C.SOFTMAX_COEF[2], s * s))
-        t[sa + "softmax.act.x_min"] = np.zeros(1, dtype=F32)
-        t[sa + "softmax.act.x_max"] = (c_int.astype(np.float64) * 2.0**30).astype(F32)
+        t[exp_act + ".x_min"] = np.zeros(1, dtype=F32)
+        t[exp_act + ".x_max"] = (c_int.astype(np.float64) * 2.0**30).astype(F32)
     return Checkpoint(config=cfg, tensors=t, source=f"numpy-random(seed={seed})", files=[])
 
 

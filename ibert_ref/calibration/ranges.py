@@ -10,16 +10,11 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..compile import (
-    ACT_BITS,
-    EMBEDDING_ACT_BITS,
-    LN_INPUT_BITS,
-    SOFTMAX_ACT_BITS,
-)
 from ..checkpoint_schema import (
     UNCALIBRATED_MAX_F32,
     UNCALIBRATED_MIN_F32,
 )
+from ..dataflow import quant_act_bits  # noqa: F401 - a QuantAct's width, public here
 from ..datapath import Datapath, QTensor
 from ..quant import F32, symmetric_scale_f32
 
@@ -46,17 +41,6 @@ MSE_SEARCH_SAMPLES = 1 << 20
 
 class CalibrationError(ValueError):
     """Calibration cannot go on (NaN activation, LayerNorm overflow transformers would assert on, ...)."""
-
-
-def quant_act_bits(name: str) -> int:
-    """Output width of a QuantAct from its module name (modeling_ibert.py / quant_modules.py)."""
-    if name.endswith(("embeddings_act1", "embeddings_act2", "softmax.act")):
-        return EMBEDDING_ACT_BITS if "embeddings_act" in name else SOFTMAX_ACT_BITS
-    if name.endswith("ln_input_act"):
-        return LN_INPUT_BITS
-    if name.endswith("LayerNorm.activation"):
-        return 32  # ln_output_bit; never called
-    return ACT_BITS
 
 
 # ---------------------------------------------------------------------------------------

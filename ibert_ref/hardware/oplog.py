@@ -6,9 +6,9 @@ sees under a *family* (``"linear"``, ``"requantize"``, ``"exp"``, ...) and a *pa
 ``"poly"``, ...). The items wait in a pending list until the model's tracer reports the op it
 just produced (``end_op(name, kind)``); the op then claims the pending items of the families
 it is made of (:data:`FAMILIES_OF_KIND`). Items of other families stay pending for a later
-op: the first ``embeddings_act1`` requantization, for instance, is not followed by its own
-trace record but by ``position_embeddings`` (a lookup), and is claimed by the second call of
-``embeddings_act1``.
+op: the first call of the embeddings' 16-bit QuantAct, for instance, is not followed by its
+own trace record but by a table lookup, and is claimed by the second call of that QuantAct
+(:mod:`ibert_ref.dataflow`).
 
 Two kinds of item:
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint_schema import is_dead_quant_act
+
 # RoBERTa special tokens, in id order. <mask> is the last special token (id 4).
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 BOS_ID, PAD_ID, EOS_ID, UNK_ID, MASK_ID = 0, 1, 2, 3, 4
@@ -513,7 +515,7 @@ def calibration_report(model, input_ids=None, attention_mask=None):
     Returns a dict:
 
     * ``"quant_acts"``: ``{name: {"bits", "x_min", "x_max", "scale"}}`` for every *live* QuantAct
-      (the dead ``embeddings_act2`` and ``*.LayerNorm.activation`` are left out);
+      (the dead ones, :func:`ibert_ref.checkpoint_schema.is_dead_quant_act`, are left out);
     * ``"ln_shifts"``: ``{name: shift}`` for every IntLayerNorm;
     * ``"attention"`` (only when ``input_ids`` is given): ``{layer_name: {"rows", "uniform_rows",
       "uniform_fraction", "mean_max_prob"}}`` from the IntSoftmax integer outputs, counting only
@@ -529,7 +531,7 @@ def calibration_report(model, input_ids=None, attention_mask=None):
     report = {"quant_acts": {}, "ln_shifts": {}}
     for name, mod in base.named_modules():
         if isinstance(mod, QuantAct):
-            if name.endswith("embeddings_act2") or name.endswith("LayerNorm.activation"):
+            if is_dead_quant_act(name):
                 continue
             n = 2 ** (mod.activation_bit - 1) - 1
             x_min, x_max = float(mod.x_min.item()), float(mod.x_max.item())

@@ -8,15 +8,14 @@ dequantized float32 tensor and its scale ``(output, scale)``; the trace holds th
 modules themselves recover integers (scale broadcast over the last axis: (1,) per tensor, (C,) per
 channel, or the Python float 1/256 of IntSoftmax).
 
-Names are ``named_modules()`` names of the base ``IBertModel``, e.g. ``embeddings.embeddings_act1``,
-``encoder.layer.0.attention.self.softmax``, ``encoder.layer.0.attention.self.softmax.act``; for a
-task model (``IBertForSequenceClassification`` ...) the ``ibert.`` prefix is stripped.
+Names are ``named_modules()`` names of the base ``IBertModel`` (the module paths of
+:mod:`ibert_ref.dataflow`); for a task model (``IBertForSequenceClassification`` ...) the ``ibert.``
+prefix is stripped.
 
-Expected entries per forward (see ``docs/ibert-dataflow.md``): embeddings ``word_embeddings``,
-``token_type_embeddings``, ``position_embeddings``, ``embeddings_act1`` (called twice: the entry is
-the second call, the first is in ``Capture.calls``), ``LayerNorm``, ``output_activation``; per
-layer :data:`LAYER_MODULES`. Never called, so never present: ``embeddings.embeddings_act2`` and every
-``*.LayerNorm.activation``.
+Expected entries per forward (see ``docs/ibert-dataflow.md``): every module of the dataflow's ops
+(:func:`expected_module_names`); the QuantAct the embeddings call twice has its second call as the
+entry (the first is in ``Capture.calls``). Never called, so never present: the dead QuantActs of
+:mod:`ibert_ref.checkpoint_schema`.
 """
 
 from __future__ import annotations
@@ -28,51 +27,20 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-# Module names (relative to ``encoder.layer.{i}.``) that one IBertLayer calls, in dataflow order.
-LAYER_MODULES = (
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.self.query_activation",
-    "attention.self.key_activation",
-    "attention.self.value_activation",
-    "attention.self.softmax.act",
-    "attention.self.softmax",
-    "attention.self.output_activation",
-    "attention.output.dense",
-    "attention.output.ln_input_act",
-    "attention.output.LayerNorm",
-    "attention.output.output_activation",
-    "pre_intermediate_act",
-    "intermediate.dense",
-    "intermediate.intermediate_act_fn",
-    "intermediate.output_activation",
-    "pre_output_act",
-    "output.dense",
-    "output.ln_input_act",
-    "output.LayerNorm",
-    "output.output_activation",
-)
+from ..dataflow import LAYER, block_ops, module_names
 
-# Module names the embeddings call, in dataflow order (embeddings_act1 is called twice).
-EMBEDDING_MODULES = (
-    "embeddings.word_embeddings",
-    "embeddings.token_type_embeddings",
-    "embeddings.embeddings_act1",
-    "embeddings.position_embeddings",
-    "embeddings.LayerNorm",
-    "embeddings.output_activation",
-)
+# Module names (relative to ``encoder.layer.{i}.``) that one IBertLayer calls, in dataflow order.
+LAYER_MODULES = tuple(dict.fromkeys(op.module for op in LAYER if op.module is not None))
+
+# Module names the embeddings call, in dataflow order (a module called twice once).
+EMBEDDING_MODULES = tuple(dict.fromkeys(op.module for op in block_ops(None)))
 
 QUANT_MODULE_CLASSES = ("QuantEmbedding", "QuantAct", "QuantLinear", "IntGELU", "IntSoftmax", "IntLayerNorm")
 
 
 def expected_module_names(num_hidden_layers):
     """All module names a quant-mode (force_dequant="none") forward records, in dataflow order."""
-    names = list(EMBEDDING_MODULES)
-    for i in range(num_hidden_layers):
-        names += [f"encoder.layer.{i}.{m}" for m in LAYER_MODULES]
-    return names
+    return module_names(num_hidden_layers)
 
 
 class ModuleInputs(NamedTuple):
@@ -110,8 +78,8 @@ class Capture:
             float32 with the module's own shape ((1,), (C,), or 0-d for IntSoftmax's 1/256), or None.
         last_hidden_state: float32 (B, T, H), the base model's output (``code * s_out``).
         pooler_output: float32 (B, H) or None (no pooler).
-        calls: ``{name: [ModuleCall, ...]}``, every call in order (``embeddings.embeddings_act1``
-            has two).
+        calls: ``{name: [ModuleCall, ...]}``, every call in order (the embeddings' QuantAct
+            called twice has two).
         head_outputs: for a task model, its tensor outputs other than hidden states (e.g.
             ``{"logits": ...}``) as NumPy arrays; empty for ``IBertModel``.
     """
@@ -184,7 +152,7 @@ def capture_transformers_trace(model, input_ids, attention_mask=None, token_type
         computed in float32 by torch, broadcasting the scale like the modules do), ``inputs[name]``
         (the call's args/kwargs as NumPy), ``outputs[name] = (output_f32, scale_f32)``, the
         float32 ``last_hidden_state`` and ``pooler_output``. A module called twice
-        (``embeddings.embeddings_act1``) keeps its last call in these dicts; ``calls`` has all.
+        (the embeddings' 16-bit QuantAct) keeps its last call in these dicts; ``calls`` has all.
         Modules that returned a None scale (force_dequant) have ``outputs`` but no ``trace`` entry.
 
     Raises:
