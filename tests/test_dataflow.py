@@ -199,3 +199,30 @@ def test_layers_import_only_downward():
     below_dataflow = _closure(graph, "ibert_ref.dataflow")
     assert not {m for m in below_dataflow if m.startswith(tools + ("ibert_ref.model", "ibert_ref.compile"))}
     assert not {m for m in _closure(graph, "ibert_ref.model") if m.startswith(tools)}
+
+
+# ---------------------------------------------------------------------------------------
+# Op names: written in dataflow.py and at most one other module of ibert_ref/
+def _distinctive_names():
+    """The op names a reader would grep for: every op's module leaf that is not a plain word
+    (``pre_intermediate_act``, ``ln_input_act``, ``softmax.act``, ...), and the dead QuantActs'."""
+    names = set()
+    for op in D.EMBEDDINGS + D.LAYER:
+        parts = op.name.split(".")
+        names.add(".".join(parts[-2:]) if parts[-1] == "act" else parts[-1])
+    names |= {n.split(".")[-1] for n in list(D.DEAD_EMBEDDINGS_QUANT_ACTS) + list(D.DEAD_LAYER_QUANT_ACTS)}
+    return sorted(n for n in names if "_" in n or "." in n)
+
+
+def test_each_op_name_is_written_in_at_most_two_modules():
+    import re
+
+    texts = {str(p.relative_to(PACKAGE)): p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py")}
+    assert "softmax.act" in _distinctive_names() and "pre_intermediate_act" in _distinctive_names()
+    over = {}
+    for name in _distinctive_names():
+        pattern = re.compile(r"(?<!\w)" + re.escape(name) + r"(?!\w)")
+        modules = sorted(m for m, text in texts.items() if pattern.search(text))
+        if len(modules) > 2 or (modules and "dataflow.py" not in modules):
+            over[name] = modules
+    assert not over, over
