@@ -43,7 +43,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from .. import intops  # noqa: E402
-from .. import kernels as K  # noqa: E402
 from ..datapath import ExactDatapath, QTensor  # noqa: E402
 from . import compiled_kernels as ck  # noqa: E402
 from .int_gemm import TorchIntGemm, choose_gemm  # noqa: E402
@@ -188,16 +187,16 @@ class DeferredProbs(QTensor):
 
 
 class DeferredLayerNorm(QTensor):
-    """IntLayerNorm's int64 output not yet written: its input rows and constants. Reading
-    ``data`` writes it (:func:`~ibert_ref.backends.compiled_kernels.int_layernorm_rows`; where
-    that refuses a row, the NumPy kernel runs and raises the reference's error); the QuantAct
-    that consumes it unread computes it row by row in its own pass
+    """IntLayerNorm's int64 output not yet written: its input rows, constants and per-row
+    integers (mean and ``2^31 / std``, computed — and checked — when the op ran, so a constant
+    row raises there, as in the reference). Reading ``data`` writes it
+    (:func:`~ibert_ref.backends.compiled_kernels.layernorm_apply_rows`); the QuantAct that
+    consumes it unread computes it row by row in its own pass
     (:func:`~ibert_ref.backends.compiled_kernels.layernorm_requantize_rows`)."""
 
-    def __init__(self, dp, x, p, rows, shift, bias, shape):  # noqa: D107
-        self.dp, self.x, self.p = dp, x, p
-        self.rows, self.shift, self.bias, self.shape = rows, shift, bias, shape
-        self.scale = p.out_scale
+    def __init__(self, rows, mean, factor, bias, shape, scale):  # noqa: D107
+        self.rows, self.mean, self.factor, self.bias, self.shape = rows, mean, factor, bias, shape
+        self.scale = scale
         self._data = None
 
     @property
@@ -208,10 +207,8 @@ class DeferredLayerNorm(QTensor):
     def data(self):
         if self._data is None:
             out = np.empty(self.rows.shape, dtype=I64)
-            if ck.int_layernorm_rows(self.rows, self.shift, self.bias, out):
-                self._data = np.asarray(K.int_layernorm.__wrapped__(self.dp, self.x, self.p).data)  # raises
-            else:
-                self._data = out.reshape(self.shape)
+            ck.layernorm_apply_rows(self.rows, self.mean, self.factor, self.bias, out)
+            self._data = out.reshape(self.shape)
         return self._data
 
 
@@ -337,7 +334,7 @@ class CompiledDatapath(ExactDatapath):
             if mult is not None:
                 lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
                 out = np.empty(x.shape, dtype=_out_dtype(p.bits))
-                if not ck.layernorm_requantize_rows(x.rows, x.shift, x.bias, *mult, lo, hi,
+                if not ck.layernorm_requantize_rows(x.rows, x.mean, x.factor, x.bias, *mult, lo, hi,
                                                     out.reshape(x.rows.shape)):
                     return dp.emit(out, p.out_scale)
         z = np.asarray(dp.round_recover(x))
@@ -454,7 +451,11 @@ class CompiledDatapath(ExactDatapath):
         bias = dp._vector(p.bias_int, cols)
         if bias is None:
             return None
-        return DeferredLayerNorm(dp, x, p, _rows(data), shift, bias, data.shape)
+        rows = _rows(data)
+        mean, factor = np.empty(rows.shape[0], dtype=I64), np.empty(rows.shape[0], dtype=I64)
+        if ck.layernorm_stats_rows(rows, shift, mean, factor):
+            return None  # a row the reference refuses: its kernel runs and raises here
+        return DeferredLayerNorm(rows, mean, factor, bias, data.shape, p.out_scale)
 
     # ---- GEMMs ------------------------------------------------------------------------
     def linear(self, x, w, b):

@@ -541,17 +541,15 @@ def int_gelu_rows(x, bias, b, c, one, out):
 
 
 @njit(parallel=True, cache=True)
-def int_layernorm_rows(x, shift, bias, out):
-    """IntLayerNorm over each row of ``D`` channels, int64:
+def layernorm_stats_rows(x, shift, mean, factor):
+    """IntLayerNorm's per-row integers, for each row of ``D`` channels (int64):
 
     ``mean = rne(sum(x) / D)`` (floor quotient ``q``, remainder ``r``: ``q + 1`` iff
-    ``2r > D`` or ``2r = D`` and ``q`` odd), ``y = x - mean``,
-    ``var = sum(floor(y / 2^shift)^2)``, ``std = isqrt(var) * 2^shift`` (:func:`isqrt_i64`),
-    ``factor = floor(2^31 / std)``, ``out = floor(y * factor / 2) + bias``.
-
-    ``x`` (rows, D) int32/int64, ``bias`` int64 (D,), ``0 <= shift < 63``, ``out`` int64.
+    ``2r > D`` or ``2r = D`` and ``q`` odd), ``var = sum(floor((x - mean) / 2^shift)^2)``,
+    ``std = isqrt(var) * 2^shift`` (:func:`isqrt_i64`), ``factor = floor(2^31 / std)``, written
+    to ``mean`` and ``factor`` (rows,). ``x`` (rows, D) int32/int64, ``0 <= shift < 63``.
     Returns the number of refused rows (``var`` outside ``[0, 2^62)`` or ``std <= 0``: the
-    reference raises).
+    reference raises — ZeroDivisionError for a constant row — at this op).
     """
     rows, cols = x.shape
     refused = 0
@@ -561,13 +559,15 @@ def int_layernorm_rows(x, shift, bias, out):
             total += np.int64(x[i, j])
         q = total // cols
         r2 = 2 * (total - q * cols)
-        mean = q
+        mu = q
         if r2 > cols or (r2 == cols and (q & 1) == 1):
-            mean += 1
+            mu += 1
         var = np.int64(0)
         for j in range(cols):
-            ys = (np.int64(x[i, j]) - mean) >> shift
+            ys = (np.int64(x[i, j]) - mu) >> shift
             var += ys * ys
+        mean[i] = mu
+        factor[i] = 0
         if var < 0 or var >= SAT:
             refused += 1
             continue
@@ -575,10 +575,20 @@ def int_layernorm_rows(x, shift, bias, out):
         if std <= 0:
             refused += 1
             continue
-        factor = (np.int64(1) << 31) // std
-        for j in range(cols):
-            out[i, j] = (((np.int64(x[i, j]) - mean) * factor) >> 1) + bias[j]
+        factor[i] = (np.int64(1) << 31) // std
     return refused
+
+
+@njit(parallel=True, cache=True)
+def layernorm_apply_rows(x, mean, factor, bias, out):
+    """IntLayerNorm's output from its row integers (:func:`layernorm_stats_rows`):
+    ``out = floor((x - mean) * factor / 2) + bias``, int64 (``bias`` (D,) per channel; about 31
+    bits). Floors only."""
+    rows, cols = x.shape
+    for i in prange(rows):
+        for j in range(cols):
+            out[i, j] = (((np.int64(x[i, j]) - mean[i]) * factor[i]) >> 1) + bias[j]
+    return 0
 
 
 @njit(parallel=True, cache=True)
@@ -718,12 +728,12 @@ def softmax_rows(s, x0_30, table, shift, minus_128, out):
 
 
 @njit(parallel=True, cache=True)
-def layernorm_requantize_rows(x, shift, bias, m, e, d, zlim, dmax, lo, hi, out):
+def layernorm_requantize_rows(x, mean, factor, bias, m, e, d, zlim, dmax, lo, hi, out):
     """IntLayerNorm followed by its QuantAct in one pass per row: the row's IntLayerNorm output
-    (:func:`int_layernorm_rows`' integers, int64) kept in a row buffer, then
-    ``out = clamp(rne(y * m / 2^e), lo, hi)`` by the routes of :func:`dyadic_row`. Returns the
-    number of refused rows (IntLayerNorm's or the requantization's: the caller then runs the
-    unfused ops, which raise the reference's error)."""
+    ``y = floor((x - mean) * factor / 2) + bias`` (:func:`layernorm_apply_rows`' integers, from
+    :func:`layernorm_stats_rows`) kept in a row buffer, then ``out = clamp(rne(y * m / 2^e),
+    lo, hi)`` by the routes of :func:`dyadic_row`. Returns the number of refused rows (the
+    caller then runs the unfused requantization, which raises the reference's error)."""
     rows, cols = x.shape
     refused = 0
     step = max(1, -(-rows // _CHUNKS))
@@ -731,28 +741,8 @@ def layernorm_requantize_rows(x, shift, bias, m, e, d, zlim, dmax, lo, hi, out):
         y = np.empty(cols, dtype=np.int64)
         tmp = np.empty(cols, dtype=np.int64)
         for i in range(c * step, min(rows, (c + 1) * step)):
-            total = np.int64(0)
             for j in range(cols):
-                total += np.int64(x[i, j])
-            q = total // cols
-            r2 = 2 * (total - q * cols)
-            mean = q
-            if r2 > cols or (r2 == cols and (q & 1) == 1):
-                mean += 1
-            var = np.int64(0)
-            for j in range(cols):
-                ys = (np.int64(x[i, j]) - mean) >> shift
-                var += ys * ys
-            if var < 0 or var >= SAT:
-                refused += 1
-                continue
-            std = isqrt_i64(var) * (np.int64(1) << shift)
-            if std <= 0:
-                refused += 1
-                continue
-            factor = (np.int64(1) << 31) // std
-            for j in range(cols):
-                y[j] = (((np.int64(x[i, j]) - mean) * factor) >> 1) + bias[j]
+                y[j] = (((np.int64(x[i, j]) - mean[i]) * factor[i]) >> 1) + bias[j]
             if dyadic_row(y, m, e, d, zlim, dmax, tmp):
                 refused += 1
                 continue
