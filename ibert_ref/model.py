@@ -28,14 +28,12 @@ from .dataflow import (
     block_ops,
     run_op,
 )
-from .dataflow import OP_BITS as _OP_BITS
+from .dataflow import OP_BITS  # noqa: F401 - the declared width per kind (one dict: tests may patch it here)
 from .datapath import Datapath, QTensor, TransformersDatapath, make_datapath
 from .float_ops import FloatOps, float_ops_for
 from .intops import smallest_int_dtype
 from .quant import F32
 
-#: Declared integer width of each module kind's output (the dataflow's table, shared).
-OP_BITS = _OP_BITS
 
 
 #: Per-chunk element budget of a forward pass: a batch is run in blocks of
