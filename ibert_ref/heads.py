@@ -212,13 +212,9 @@ class IBertPreTrainedHead:
         ``name_or_path=None`` is the bundled tiny model (an ``IBertModel`` checkpoint: it
         has no task head, so it needs ``allow_missing_head=True``).
         """
-        from .loading import load_checkpoint
+        from .loading import load_pretrained_checkpoint
 
-        if name_or_path is None:
-            from .data import default_model_path
-
-            name_or_path = default_model_path()
-        checkpoint = load_checkpoint(
+        checkpoint = load_pretrained_checkpoint(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
         )
         return cls.from_checkpoint(
@@ -305,9 +301,12 @@ def _int_labels(name, labels, shape=None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-class _PerTokenLabelsHead(IBertPreTrainedHead):
-    """Heads whose ``labels`` are one class per token (B, T), -100 ignored: cross-entropy
-    over the flattened logits (masked LM, token classification)."""
+class _LabelsHead(IBertPreTrainedHead):
+    """Heads called as transformers' ``(input_ids, attention_mask, token_type_ids,
+    position_ids, ..., labels=)`` whose one ``logits`` output gets ``self.loss(logits, labels)``."""
+
+    def loss(self, logits: np.ndarray, labels) -> np.ndarray:
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -329,14 +328,20 @@ class _PerTokenLabelsHead(IBertPreTrainedHead):
             _forward_flags(output_attentions, output_hidden_states, return_trace),
         )
         logits, q, scale = self._logits(enc)
-        loss = None
-        if labels is not None:
-            v = logits.shape[-1]
-            labels = _int_labels("labels", labels, logits.shape[:-1])
-            loss = self.float_ops.cross_entropy(logits.reshape(-1, v), labels.reshape(-1))
+        loss = None if labels is None else self.loss(logits, labels)
         return self._finish(enc, return_dict, loss=loss, logits=logits, logits_int=q, logits_scale=scale)
 
     forward = __call__
+
+
+class _PerTokenLabelsHead(_LabelsHead):
+    """Heads whose ``labels`` are one class per token (B, T), -100 ignored: cross-entropy
+    over the flattened logits (masked LM, token classification)."""
+
+    def loss(self, logits: np.ndarray, labels) -> np.ndarray:
+        v = logits.shape[-1]
+        labels = _int_labels("labels", labels, logits.shape[:-1])
+        return self.float_ops.cross_entropy(logits.reshape(-1, v), labels.reshape(-1))
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,7 +399,7 @@ class IBertForMaskedLM(_PerTokenLabelsHead):
 
 
 # ---------------------------------------------------------------------------------------
-class IBertForSequenceClassification(IBertPreTrainedHead):
+class IBertForSequenceClassification(_LabelsHead):
     """``classifier``: ``h[:, 0]`` -> dense -> tanh -> out_proj. ``labels``: regression
     (num_labels == 1, MSE), single-label (integer labels, cross-entropy) or multi-label
     (float 0/1 labels (B, num_labels), BCE with logits), or as ``config.problem_type``
@@ -464,31 +469,6 @@ class IBertForSequenceClassification(IBertPreTrainedHead):
         if pt == "single_label_classification":
             return f.cross_entropy(logits.reshape(-1, self.num_labels), _int_labels("labels", labels).reshape(-1))
         return f.bce_with_logits(logits, labels.astype(F32))
-
-    def __call__(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        position_ids=None,
-        *,
-        inputs_embeds=None,
-        head_mask=None,
-        labels=None,
-        output_attentions=False,
-        output_hidden_states=False,
-        return_dict=True,
-        return_trace=False,
-    ):
-        enc = self._encode(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, head_mask,
-            _forward_flags(output_attentions, output_hidden_states, return_trace),
-        )
-        logits, q, scale = self._logits(enc)
-        loss = None if labels is None else self.loss(logits, labels)
-        return self._finish(enc, return_dict, loss=loss, logits=logits, logits_int=q, logits_scale=scale)
-
-    forward = __call__
 
 
 # ---------------------------------------------------------------------------------------

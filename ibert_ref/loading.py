@@ -36,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "Checkpoint",
     "load_checkpoint",
+    "load_pretrained_checkpoint",
     "resolve_file",
     "read_json",
     "read_safetensors",
@@ -649,6 +650,22 @@ def load_checkpoint(
         f"no weights found for {path!r} (looked for {SAFE_WEIGHTS_NAME!r} and "
         f"{SAFE_WEIGHTS_INDEX_NAME!r} in {source!r})"
     )
+
+
+def load_pretrained_checkpoint(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> Checkpoint:
+    """:func:`load_checkpoint` as the ``from_pretrained`` constructors call it: ``None`` is the
+    bundled tiny model (:func:`ibert_ref.data.default_model_path`)."""
+    if name_or_path is None:
+        from .data import default_model_path
+
+        name_or_path = default_model_path()
+    return load_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
 
 
 def _load_sharded(

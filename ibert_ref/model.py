@@ -371,13 +371,9 @@ class IBertModel:
         datapath): ``"numpy"`` (default: NumPy alone) or ``"compiled"`` (numba kernels and an
         exact int8 GEMM, the same integers; needs the ``fast`` extra), :mod:`ibert_ref.backends`.
         """
-        from .loading import load_checkpoint
+        from .loading import load_pretrained_checkpoint
 
-        if name_or_path is None:
-            from .data import default_model_path
-
-            name_or_path = default_model_path()
-        checkpoint = load_checkpoint(
+        checkpoint = load_pretrained_checkpoint(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
         )
         return cls.from_checkpoint(checkpoint, datapath=datapath, gemm=gemm, backend=backend)
