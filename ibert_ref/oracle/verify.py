@@ -453,83 +453,85 @@ def _fraction(x_f32, s_f32) -> float:
     return float(np.max(np.abs(r - np.rint(r)))) if r.size else 0.0
 
 
-def _classify_call_integer(ctx: _Context, name, call, theirs, want="out"):
-    """Replay one call on an integer datapath and attribute each differing element (ladder)."""
+def _classify_call(ctx: _Context, name, call, theirs, want="out"):
+    """Replay one call on the context's datapath and attribute each differing element: the
+    ladder of its style (integer or float) names a cause for what it explains, the rest is
+    ``unexplained``. Returns ``(ours, theirs, cause, evidence)``."""
     args, kwargs = call.inputs.args, call.inputs.kwargs
     theirs = np.asarray(theirs, np.int64)
-    ours = run_module(ctx.dp, ctx.get, name, args, kwargs, "integer", want)
+    integer = ctx.style == "integer"
+    ours = run_module(ctx.dp, ctx.get, name, args, kwargs, "integer" if integer else "float32", want)
     cause = np.full(theirs.shape, "", dtype=object)
     diff = ours != theirs
     evidence: Dict[str, str] = {}
     if diff.any():
-        left = diff.copy()
-        r0 = run_module(TransformersDatapath(gemm="torch"), ctx.get, name, args, kwargs, "float32", want)
-        cause[left & (r0 != theirs)] = "unexplained"
-        left &= r0 == theirs
-        if "unexplained" in set(cause[diff]):
-            evidence["unexplained"] = "transformers' float32 emulation does not reproduce transformers here"
+        ladder = _integer_ladder if integer else _float_ladder
+        left = ladder(ctx, name, args, kwargs, want, ours, theirs, diff.copy(), cause, evidence)
+        cause[left] = "unexplained"
+    return ours, theirs, cause, evidence
 
-        probe = _MagnitudeProbe(_RoundedInputs(gemm="torch"))
-        r1 = run_module(probe, ctx.get, name, args, kwargs, "float32", want)
-        hit = left & (r1 == ours)
+
+def _integer_ladder(ctx: _Context, name, args, kwargs, want, ours, theirs, left, cause, evidence):
+    """An integer datapath's causes, tried in order on the differing elements ``left``; returns
+    those still unexplained."""
+    r0 = run_module(TransformersDatapath(gemm="torch"), ctx.get, name, args, kwargs, "float32", want)
+    unexplained = left & (r0 != theirs)
+    cause[unexplained] = "unexplained"
+    left &= ~unexplained
+    if unexplained.any():
+        evidence["unexplained"] = "transformers' float32 emulation does not reproduce transformers here"
+
+    probe = _MagnitudeProbe(_RoundedInputs(gemm="torch"))
+    r1 = run_module(probe, ctx.get, name, args, kwargs, "float32", want)
+    hit = left & (r1 == ours)
+    if hit.any():
+        s = _input_scale(args, kwargs)
+        stale = ctx.stale_input(name, s) if s is not None else None
+        if stale:
+            cause[hit] = "stale-scale"
+            evidence["stale-scale"] = f"input x/s fractional up to {_fraction(args[0], s):.3g}: {stale}"
+        else:
+            cause[hit] = "unrounded-input"
+            frac = _fraction(args[0], s) if s is not None else 0.0
+            evidence["unrounded-input"] = f"recoveries x/s not rounded (op input fractional up to {frac:.3g})"
+    left &= ~hit
+
+    if left.any():
+        r2 = run_module(_Float64(), ctx.get, name, args, kwargs, "float64", want)
+        hit = left & (r2 == ours)
         if hit.any():
-            s = _input_scale(args, kwargs)
-            stale = ctx.stale_input(name, s) if s is not None else None
-            if stale:
-                cause[hit] = "stale-scale"
-                evidence["stale-scale"] = f"input x/s fractional up to {_fraction(args[0], s):.3g}: {stale}"
-            else:
-                cause[hit] = "unrounded-input"
-                frac = _fraction(args[0], s) if s is not None else 0.0
-                evidence["unrounded-input"] = f"recoveries x/s not rounded (op input fractional up to {frac:.3g})"
+            big = probe.max_abs
+            key = "float32-precision" if big > 2.0**24 else "float32-floor-boundary"
+            cause[hit] = key
+            evidence[key] = f"largest integer held in float32 in this op: {big:.4g} (2^{np.log2(max(big, 1)):.1f})"
         left &= ~hit
-
-        if left.any():
-            r2 = run_module(_Float64(), ctx.get, name, args, kwargs, "float64", want)
-            hit = left & (r2 == ours)
-            if hit.any():
-                big = probe.max_abs
-                key = "float32-precision" if big > 2.0**24 else "float32-floor-boundary"
-                cause[hit] = key
-                evidence[key] = f"largest integer held in float32 in this op: {big:.4g} (2^{np.log2(max(big, 1)):.1f})"
-            left &= ~hit
-        if left.any():
-            r3 = run_module(_Float64ExactRequant(), ctx.get, name, args, kwargs, "float64", want)
-            hit = left & (r3 == ours)
-            if hit.any():
-                key = "softmax-exp-requant" if "softmax" in name else "float64-fixedpointmul"
-                cause[hit] = key
-                evidence[key] = "exact requantization of the float64 run reproduces ours"
-            left &= ~hit
-        cause[left] = "unexplained"
-    return ours, theirs, cause, evidence
+    if left.any():
+        r3 = run_module(_Float64ExactRequant(), ctx.get, name, args, kwargs, "float64", want)
+        hit = left & (r3 == ours)
+        if hit.any():
+            key = "softmax-exp-requant" if "softmax" in name else "float64-fixedpointmul"
+            cause[hit] = key
+            evidence[key] = "exact requantization of the float64 run reproduces ours"
+        left &= ~hit
+    return left
 
 
-def _classify_call_float(ctx: _Context, name, call, theirs, want="out"):
-    """Replay one call on a float (transformers) datapath; ``gemm-order`` via torch's GEMM."""
-    args, kwargs = call.inputs.args, call.inputs.kwargs
-    theirs = np.asarray(theirs, np.int64)
-    ours = run_module(ctx.dp, ctx.get, name, args, kwargs, "float32", want)
-    cause = np.full(theirs.shape, "", dtype=object)
-    diff = ours != theirs
-    evidence: Dict[str, str] = {}
-    if diff.any():
-        left = diff.copy()
-        if getattr(getattr(ctx.dp, "gemm", None), "name", "torch") != "torch":
-            alt = run_module(TransformersDatapath(gemm="torch"), ctx.get, name, args, kwargs, "float32", want)
-            hit = left & (alt == theirs)
-            cause[hit] = "gemm-order"
-            if hit.any():
-                evidence["gemm-order"] = "re-run with gemm='torch' agrees with transformers"
-            left &= ~hit
-        cause[left] = "unexplained"
-    return ours, theirs, cause, evidence
+def _float_ladder(ctx: _Context, name, args, kwargs, want, ours, theirs, left, cause, evidence):
+    """A float (transformers) datapath's one cause, ``gemm-order`` via torch's GEMM; returns the
+    differing elements it does not explain."""
+    if getattr(getattr(ctx.dp, "gemm", None), "name", "torch") != "torch":
+        alt = run_module(TransformersDatapath(gemm="torch"), ctx.get, name, args, kwargs, "float32", want)
+        hit = left & (alt == theirs)
+        cause[hit] = "gemm-order"
+        if hit.any():
+            evidence["gemm-order"] = "re-run with gemm='torch' agrees with transformers"
+        left &= ~hit
+    return left
 
 
 def replay_and_classify(capture, get, dp: Datapath):
     """Op-by-op replay with classification: ``({name: OpReport}, {name: _OpDetail of the last call})``."""
     ctx = _Context(capture, get, dp)
-    classify = _classify_call_integer if ctx.style == "integer" else _classify_call_float
     reports, details = {}, {}
     for name, calls in capture.calls.items():
         if name not in capture.trace:
@@ -537,14 +539,14 @@ def replay_and_classify(capture, get, dp: Datapath):
         kind = module_kind(name)
         per_call = []
         for call in calls:
-            ours, theirs, cause, evidence = classify(ctx, name, call, call.trace)
+            ours, theirs, cause, evidence = _classify_call(ctx, name, call, call.trace)
             per_call.append(_report(name, kind, ours, theirs, cause, evidence))
         reports[name] = _merge(per_call)
         details[name] = _OpDetail(ours=ours, theirs=theirs, cause_of=cause, evidence=evidence)
         if kind == "IntSoftmax" and name + ".act" in capture.trace:
             # its QuantAct end to end depends on the (untraced) attention scores: replay it from
             # the scores IntSoftmax received, too.
-            ours, theirs, cause, evidence = classify(ctx, name, calls[-1], capture.trace[name + ".act"], "exp")
+            ours, theirs, cause, evidence = _classify_call(ctx, name, calls[-1], capture.trace[name + ".act"], "exp")
             details[name + ".act" + FROM_SCORES] = _OpDetail(ours=ours, theirs=theirs, cause_of=cause,
                                                               evidence=evidence)
     return reports, details
