@@ -156,28 +156,28 @@ def write_csv(path, rows: Sequence[dict]) -> None:
     _atomic_write_text(Path(path), buf.getvalue())
 
 
+def _fmt_not_one(v: float, digits: int, max_digits: int, unit: int) -> str:
+    """``unit * v`` with ``digits`` decimals, two more at a time (up to ``max_digits``) while a
+    ``v`` that is not 1 would print as ``unit``."""
+    text = f"{unit * v:.{digits}f}"
+    while v != 1.0 and text.startswith(f"{unit}.") and digits < max_digits:
+        digits += 2
+        text = f"{unit * v:.{digits}f}"
+    return text
+
+
 def fmt_share(v, digits: int = 2, none: str = "-") -> str:
     """A share as a percentage; one that is not 1 but rounds to 100 gets more digits."""
     if v is None or v == "":
         return none
-    v = float(v)
-    text = f"{100 * v:.{digits}f}"
-    while v != 1.0 and text.startswith("100.") and digits < 8:
-        digits += 2
-        text = f"{100 * v:.{digits}f}"
-    return text + "%"
+    return _fmt_not_one(float(v), digits, 8, 100) + "%"
 
 
 def fmt_cos(v, digits: int = 4, none: str = "-") -> str:
     """A cosine; one that is not 1 but rounds to 1.0000 gets more digits."""
     if v is None or v == "":
         return none
-    v = float(v)
-    text = f"{v:.{digits}f}"
-    while v != 1.0 and text.startswith("1.") and digits < 12:
-        digits += 2
-        text = f"{v:.{digits}f}"
-    return text
+    return _fmt_not_one(float(v), digits, 12, 1)
 
 
 def _pct(v, digits=2) -> str:
