@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-__all__ = ["InputIdsError", "read_input_ids", "printable"]
+__all__ = ["InputIdsError", "read_input_ids", "printable", "pad_rows"]
 
 INT64_MAX = (1 << 63) - 1
 INTEGER_TOKEN = re.compile(r"[+-]?\d+")
@@ -36,6 +36,18 @@ def printable(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def pad_rows(rows, pad_id: int):
+    """Right-pad id sequences to the longest: ``(input_ids, attention_mask)``, int64, the
+    padding ``pad_id`` with mask 0."""
+    width = max(len(row) for row in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        ids[r, : len(row)] = row
+        mask[r, : len(row)] = 1
+    return ids, mask
 
 
 def _fail(path, msg):
@@ -90,12 +102,10 @@ def _from_lists(path, ids_rows, mask_rows, pad_token_id):
                       "the mask must have exactly the ids' shape")
             for c, v in enumerate(mrow):
                 _check_mask_value(path, v, f"attention_mask[{r}][{c}]")
-    width = max(len(row) for row in ids_rows)
-    ids = np.full((len(ids_rows), width), pad_token_id, dtype=np.int64)
-    mask = np.zeros((len(ids_rows), width), dtype=np.int64)
-    for r, row in enumerate(ids_rows):
-        ids[r, : len(row)] = row
-        mask[r, : len(row)] = 1 if mask_rows is None else mask_rows[r]
+    ids, mask = pad_rows(ids_rows, pad_token_id)
+    if mask_rows is not None:
+        for r, row in enumerate(mask_rows):
+            mask[r, : len(row)] = row
     return ids, mask
 
 

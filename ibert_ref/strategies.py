@@ -54,6 +54,7 @@ from . import compile as C
 from . import dataflow as D
 from . import intops
 from .datapath import Datapath, available_datapaths, make_datapath
+from .input_files import pad_rows
 from .loading import Checkpoint
 from .quant import F32, Dyadic, symmetric_scale_f32
 
@@ -320,14 +321,9 @@ def input_batches(config: dict, *, max_batch: int = 3, max_len: Optional[int] = 
 
     @st.composite
     def build(draw):
-        rows = draw(st.lists(st.lists(token, min_size=min_len, max_size=max_len), min_size=1, max_size=max_batch))
-        t = max(len(r) for r in rows)
-        ids = np.full((len(rows), t), pad, dtype=np.int64)
-        mask = np.zeros((len(rows), t), dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-            mask[i, : len(r)] = 1
-        return ids, mask
+        return pad_rows(
+            draw(st.lists(st.lists(token, min_size=min_len, max_size=max_len), min_size=1, max_size=max_batch)), pad
+        )
 
     return build()
 

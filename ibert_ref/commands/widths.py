@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-
-import numpy as np
-
 from . import add_model_options, load_model_and_tokenizer
 from ._args import HelpFormatter, check_layers, input_text, layer_list
 from .run import format_overflow_events
@@ -57,18 +54,13 @@ def parse_layers(spec):
 
 def ids_batch(sequences, pad_id: int, vocab_size=None):
     """Pad id sequences (strings of ints) into (input_ids, attention_mask)."""
+    from ..input_files import pad_rows
     from ._inputs import parse_id_list
 
     seqs = [parse_id_list(s, "--ids", vocab_size) for s in sequences]
     if any(len(s) == 0 for s in seqs):
         raise ValueError("--ids needs at least one id per sequence")
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = s
-        mask[i, : len(s)] = 1
-    return ids, mask
+    return pad_rows(seqs, pad_id)
 
 
 def run_widths(args) -> int:
