@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .primitives import as_int64
+
 __all__ = [
     "OVERFLOW_MODES",
     "IntegerOverflowError",
@@ -119,12 +121,7 @@ def _acc_dtype(bits: int) -> type[np.signedinteger]:
 
 
 def _as_int_array(x, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
-    if arr.dtype == np.uint64 and arr.size and int(arr.max()) > _INT64_MAX:
-        raise ValueError(f"{name} has values above int64 range")
-    return arr.astype(np.int64, copy=False)
+    return as_int64(x, name, "an integer array")
 
 
 def _max_abs(x_i64: np.ndarray) -> int:

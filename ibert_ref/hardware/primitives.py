@@ -116,11 +116,12 @@ def _check_bits(bits: int, allowed: tuple[int, ...], name: str = "bits") -> None
         raise ValueError(f"{name} must be one of {allowed}, got {bits!r}")
 
 
-def _as_i64(x, name: str) -> np.ndarray:
-    """An integer operand as an int64 array (values must fit int64)."""
+def as_int64(x, name: str, what: str = "an integer array or int") -> np.ndarray:
+    """An integer operand as an int64 array (values must fit int64); a ``TypeError`` says
+    ``name`` must be ``what``."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array or int, got dtype {arr.dtype}")
+        raise TypeError(f"{name} must be {what}, got dtype {arr.dtype}")
     if arr.dtype == np.uint64 and arr.size and int(arr.max()) > _INT64_MAX:
         raise ValueError(f"{name} has values above int64 range")
     return arr.astype(np.int64, copy=False)
@@ -135,13 +136,13 @@ def _check_range(x_i64: np.ndarray, lo: int, hi: int, name: str) -> None:
 
 
 def _signed_operand(x, bits: int, name: str) -> np.ndarray:
-    x_i64 = _as_i64(x, name)
+    x_i64 = as_int64(x, name)
     _check_range(x_i64, _signed_min(bits), _signed_max(bits), name)
     return x_i64
 
 
 def _unsigned_operand(x, bits: int, name: str) -> np.ndarray:
-    x_i64 = _as_i64(x, name)
+    x_i64 = as_int64(x, name)
     _check_range(x_i64, 0, (1 << bits) - 1, name)
     return x_i64
 
@@ -182,7 +183,7 @@ def wrap(x, bits: int):
     """
     if not 1 <= bits <= 64:
         raise ValueError(f"bits must be in [1, 64], got {bits}")
-    return _result(_wrap_i64(_as_i64(x, "x"), bits), _signed_dtype(bits))
+    return _result(_wrap_i64(as_int64(x, "x"), bits), _signed_dtype(bits))
 
 
 def saturate(x, bits: int):
@@ -192,7 +193,7 @@ def saturate(x, bits: int):
     """
     if not 1 <= bits <= 64:
         raise ValueError(f"bits must be in [1, 64], got {bits}")
-    return _result(_saturate_i64(_as_i64(x, "x"), bits), _signed_dtype(bits))
+    return _result(_saturate_i64(as_int64(x, "x"), bits), _signed_dtype(bits))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,8 +233,8 @@ def _trunc_i64(x_i64, s_i64):
 
 
 def _shift_operands(x, s):
-    x_i64 = _as_i64(x, "x")
-    s_i64 = _as_i64(s, "s")
+    x_i64 = as_int64(x, "x")
+    s_i64 = as_int64(s, "s")
     _check_range(s_i64, 0, _MAX_SHIFT_I64, "s")
     return x_i64, s_i64
 
@@ -396,7 +397,7 @@ def _register_shift_i64(x_i64, count_i64, bits, *, rounding: bool, saturating: b
 
 def _shift_element(shift, bits: int) -> np.ndarray:
     """A shift-count element of `bits` bits, given as its signed or unsigned value."""
-    shift_i64 = _as_i64(shift, "shift")
+    shift_i64 = as_int64(shift, "shift")
     _check_range(shift_i64, _signed_min(bits), (1 << bits) - 1, "shift")
     return shift_i64
 
@@ -476,7 +477,7 @@ def srshl_sve2(x, shift, bits: int = 32):
 
 
 def _immediate(n, lo: int, hi: int, name: str = "n") -> np.ndarray:
-    n_i64 = _as_i64(n, name)
+    n_i64 = as_int64(n, name)
     _check_range(n_i64, lo, hi, name)
     return n_i64
 
@@ -797,7 +798,7 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str = "doub
         shift_i64 = _immediate(shift, -31, 31, "shift")
         result_i64 = _mbqm_double_i64(x_i64, m_i64, shift_i64)
     elif rounding == "single":
-        m_i64 = _as_i64(multiplier, "multiplier")
+        m_i64 = as_int64(multiplier, "multiplier")
         _check_range(m_i64, 0, _INT32_MAX, "multiplier")
         shift_i64 = _immediate(shift, -31, 30, "shift")
         result_i64 = _mbqm_single_i64(x_i64, m_i64, shift_i64)
