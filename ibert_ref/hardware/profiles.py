@@ -119,6 +119,8 @@ GELU_VARIANTS = ("wide", "int32")
 LN_VAR_VARIANTS = ("int64", "uint32", "int32-sat")
 SQRT_VARIANTS = ("isqrt", "float32")
 PROBS_VARIANTS = ("u9", "u8-sat")
+#: The parameters of a profile (:meth:`HardwareDatapath.parameters`), in this order.
+PARAMETERS = ("acc_bits", "overflow", "k_step", "requant", "exp", "gelu", "ln_var", "sqrt", "probs")
 
 #: The named profiles: name -> parameters (keyword overrides are applied on top).
 PROFILES = {
@@ -245,17 +247,7 @@ class HardwareDatapath(ExactDatapath):
         self._gelu_constants = {}
 
     def parameters(self) -> dict:
-        return dict(
-            acc_bits=self.acc_bits,
-            overflow=self.overflow,
-            k_step=self.k_step,
-            requant=self.requant,
-            exp=self.exp,
-            gelu=self.gelu,
-            ln_var=self.ln_var,
-            sqrt=self.sqrt,
-            probs=self.probs,
-        )
+        return {k: getattr(self, k) for k in PARAMETERS}
 
     def semantics(self) -> dict:
         """Parameter -> what its current value computes (integer semantics, one line each;

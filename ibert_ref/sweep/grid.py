@@ -29,6 +29,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from ..hardware.profiles import PARAMETERS  # what a grid may set; the column order of results.csv
+
 __all__ = ["GridError", "GridPoint", "parse_grid", "parse_spec", "load_grid_file", "PARAMETERS", "ALIASES"]
 
 
@@ -36,8 +38,6 @@ class GridError(ValueError):
     """A grid that cannot be run (raised before any work)."""
 
 
-#: The profile parameters a grid may set, in the column order of results.csv.
-PARAMETERS = ("acc_bits", "overflow", "k_step", "requant", "exp", "gelu", "ln_var", "sqrt", "probs")
 
 #: Spellings accepted for some values (the canonical name is what results.csv shows).
 ALIASES = {"requant": {"rne": "ibert"}}
