@@ -29,7 +29,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from ..hardware.profiles import PARAMETERS  # what a grid may set; the column order of results.csv
+# PARAMETERS: what a grid may set, in the column order of results.csv
+from ..hardware.profiles import PARAMETERS
 
 __all__ = ["GridError", "GridPoint", "parse_grid", "parse_spec", "load_grid_file", "PARAMETERS", "ALIASES"]
 
