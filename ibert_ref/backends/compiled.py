@@ -82,6 +82,12 @@ def _out_dtype(bits: int):
     return dt
 
 
+def _numba_threads() -> int:
+    import numba  # noqa: PLC0415
+
+    return numba.get_num_threads()
+
+
 def _scalar(v):
     """A size-1 integer constant as a Python int, or None."""
     v = np.asarray(v)
@@ -496,6 +502,39 @@ class CompiledDatapath(ExactDatapath):
             return self._torch.matmul(a, b).numpy()
         return np.matmul(a, b)
 
+    def _per_head(self, a, b_rows, out):
+        """``out[i, h] = a[i, h] @ b_rows[i, h]^T`` for every batch row ``i`` and head ``h``
+        (torch int8 tensors (B, nh, M, K) and (B, nh, N, K), ``out`` int32 (B, nh, M, N)), each
+        an exact ``torch._int_mm``. The heads are small GEMMs: they run on this backend's
+        threads, half the heads each, with torch's intra-op threads set to 1 meanwhile (a
+        2-thread torch GEMM of 128 x 64 x 128 spends more waking its second thread than
+        computing), restored afterwards."""
+        torch = self._torch
+        pairs = [(i, h) for i in range(a.shape[0]) for h in range(a.shape[1])]
+
+        def run(part):
+            for i, h in part:
+                torch._int_mm(a[i, h], b_rows[i, h].t(), out=out[i, h])
+
+        workers = min(len(pairs), _numba_threads())
+        if workers <= 1:
+            return run(pairs)
+        pool = self._head_pool(workers)
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            step = -(-len(pairs) // workers)
+            list(pool.map(run, [pairs[k:k + step] for k in range(0, len(pairs), step)]))
+        finally:
+            torch.set_num_threads(saved)
+
+    def _head_pool(self, workers):
+        if getattr(self, "_pool", None) is None or self._pool_size != workers:
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            self._pool, self._pool_size = ThreadPoolExecutor(workers, thread_name_prefix="ibert-heads"), workers
+        return self._pool
+
     def _int8_heads(self, a, num_heads, transpose=False):
         """(B, T, H) int8 -> C-contiguous (B, nh, T, hd) int8 heads ((B, nh, hd, T) if ``transpose``)."""
         b, t, h = a.shape
@@ -516,9 +555,7 @@ class CompiledDatapath(ExactDatapath):
         kh = torch.from_numpy(self._int8_heads(kd, num_heads))
         scores = np.empty((b, num_heads, t, t), dtype=np.int32)
         out = torch.from_numpy(scores)
-        for bi in range(b):
-            for hi in range(num_heads):
-                torch._int_mm(qh[bi, hi], kh[bi, hi].t(), out=out[bi, hi])
+        self._per_head(qh, kh, out)
         if mask is None or np.all(mask):
             return scores
         keep = np.ascontiguousarray(np.asarray(mask).astype(bool).astype(np.uint8))
@@ -570,9 +607,7 @@ class CompiledDatapath(ExactDatapath):
         colsum = vd.reshape(b, t_k, nh, hd).sum(axis=1, dtype=np.int32)  # (B, nh, hd)
         heads = np.empty((b, nh, t, hd), dtype=np.int32)
         out, p8t = torch.from_numpy(heads), torch.from_numpy(p8)
-        for bi in range(b):
-            for hi in range(nh):
-                torch._int_mm(p8t[bi, hi], vt[bi, hi].t(), out=out[bi, hi])
+        self._per_head(p8t, vt, out)
         ctx = np.empty((b, t, nh * hd), dtype=np.int32)
         ck.merge_heads_plus(heads, np.ascontiguousarray(colsum), ctx)
         return QTensor(ctx, np.asarray(scale_f32, dtype=np.float32))
