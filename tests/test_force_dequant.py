@@ -138,13 +138,15 @@ def test_exact_datapath_runs_and_keeps_integer_ranges(case):
     assert q.dtype == np.int8
 
 
-def test_numpy_float_ops_agree_on_almost_every_int8_code(case):
-    """gemm="numpy": NumPy's float32 erf/exp/sums are within an ulp of torch's, so the
-    int8 codes right after the first dequantized op agree almost everywhere."""
+def test_numpy_float_ops_move_an_int8_code_by_at_most_one(case):
+    """gemm="numpy": NumPy's float32 erf/exp/sums are within a few ulp of torch's (which ulp
+    depends on the machine's libm/SIMD and BLAS), so the int8 code right after the first
+    dequantized op can only cross one rounding boundary: every code is within 1 of
+    transformers'. (How many differ is the machine's business; that none differs by more is not.)"""
     ours = load(case, gemm="numpy")(case["ids"], attention_mask=case["mask"], return_trace=True)
     name = "encoder.layer.0.attention.self.output_activation"
-    agree = np.mean(ours.trace[name].astype(np.int64) == case["capture"].trace[name])
-    assert agree >= 0.99, agree
+    diff = np.abs(ours.trace[name].astype(np.int64) - case["capture"].trace[name])
+    assert diff.max() <= 1, (name, int(diff.max()))
 
 
 def test_unknown_force_dequant_is_refused():
