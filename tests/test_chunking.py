@@ -26,8 +26,10 @@ def test_rows_per_chunk_rule():
     assert M.rows_per_chunk(cfg, 128, budget=1) == 1
 
 
-@pytest.mark.parametrize("datapath,kw", [("exact", {}), ("transformers", {}),
-                                         ("generic", dict(acc_bits=16, overflow="wrap")), ("arm", {})])
+# The integer datapaths only: the transformers datapath's float32 GEMMs may round differently
+# for another row count on some BLAS builds (docs/properties.md), which is not ours to assert.
+@pytest.mark.parametrize("datapath,kw", [("exact", {}), ("generic", dict(acc_bits=16, overflow="wrap")),
+                                         ("arm", {}), ("tensor-core", {}), ("x86-avx2", {})])
 def test_chunked_forward_equals_one_call(enc, monkeypatch, datapath, kw):
     model = IBertModel.from_pretrained(datapath=make_datapath(datapath, **kw))
     ids, mask = enc["input_ids"], enc["attention_mask"]
