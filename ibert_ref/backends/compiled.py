@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 
 from .. import intops  # noqa: E402
 from ..datapath import ExactDatapath, QTensor  # noqa: E402
-from . import compiled_kernels as ck  # noqa: E402
+from . import compiled_kernels as _kernels  # noqa: E402
 from .int_gemm import TorchIntGemm, choose_gemm  # noqa: E402
 
 I64 = np.int64
@@ -82,10 +82,52 @@ def _out_dtype(bits: int):
     return dt
 
 
+#: Per-head GEMMs run on the backend's threads (torch single-threaded) from this many heads on
+#: (batch x heads); fewer run on the calling thread with torch's own threads (measured: 96 heads
+#: of 128 x 64 x 128, 8x128, -20% forward time; 12 heads, 1x128, no gain).
+HEAD_POOL_MIN = 32
+#: Kernels whose first operand has fewer elements run on one thread: waking a sleeping
+#: (``OMP_WAIT_POLICY=PASSIVE``) second thread costs more than it saves on such small arrays.
+SMALL_ELEMS = 1 << 17
+
+
+class _SizedKernels:
+    """:mod:`~ibert_ref.backends.compiled_kernels`, each call run on one thread when its first
+    operand is below :data:`SMALL_ELEMS` elements, else on all of numba's threads (the count
+    set when the backend was built). Scheduling only: rows are independent, the integers the
+    same for any thread count."""
+
+    def __init__(self):
+        self.full = None
+
+    def _threads(self, n):
+        import numba  # noqa: PLC0415
+
+        if self.full is None:
+            self.full = numba.get_num_threads()
+        want = 1 if n < SMALL_ELEMS else self.full
+        if want != numba.get_num_threads():  # (per calling thread in numba)
+            numba.set_num_threads(want)
+
+    def __getattr__(self, name):
+        fn = getattr(_kernels, name)
+
+        def call(*args):
+            self._threads(getattr(args[0], "size", 0))
+            return fn(*args)
+
+        call.__doc__ = fn.__doc__
+        return call
+
+
+ck = _SizedKernels()
+
+
 def _numba_threads() -> int:
+    """The backend's thread count (numba's, as set when it was built)."""
     import numba  # noqa: PLC0415
 
-    return numba.get_num_threads()
+    return ck.full if ck.full is not None else numba.get_num_threads()
 
 
 def _scalar(v):
@@ -236,6 +278,7 @@ class CompiledDatapath(ExactDatapath):
             import numba  # noqa: PLC0415
 
             numba.set_num_threads(min(intops.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+            ck.full = None  # re-read
         self.int_gemm = choose_gemm(gemm)
         self._torch = self.int_gemm.torch if isinstance(self.int_gemm, TorchIntGemm) else None
         self._vectors = {}
@@ -517,7 +560,7 @@ class CompiledDatapath(ExactDatapath):
                 torch._int_mm(a[i, h], b_rows[i, h].t(), out=out[i, h])
 
         workers = min(len(pairs), _numba_threads())
-        if workers <= 1:
+        if workers <= 1 or len(pairs) < HEAD_POOL_MIN:
             return run(pairs)
         pool = self._head_pool(workers)
         saved = torch.get_num_threads()
