@@ -590,6 +590,26 @@ def test_768_wide_model_compiled_equals_reference_on_every_op():
     assert np.abs(gelu.astype(np.int64)).max() > (1 << 31)  # the wide IntGELU outputs really occur
 
 
+@pytest.mark.parametrize("force_dequant", ["gelu", "softmax", "layernorm", "nonlinear"])
+def test_force_dequant_models_compiled_equal_reference(force_dequant):
+    """Float non-linearities (transformers' ``force_dequant``) read the integers they replace:
+    deferred results are materialised for them; every traced op still bit-equal."""
+    config = {
+        "model_type": "ibert", "architectures": ["IBertModel"], "quant_mode": True, "force_dequant": force_dequant,
+        "hidden_act": "gelu", "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 2,
+        "intermediate_size": 64, "vocab_size": 64, "max_position_embeddings": 40, "type_vocab_size": 1,
+        "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "layer_norm_eps": 1e-12,
+    }
+    ckpt = S.make_numpy_checkpoint(config, seed=3)
+    comp = IBertModel.from_checkpoint(ckpt, backend="compiled")
+    ref = IBertModel.from_checkpoint(ckpt, datapath=ExactDatapath(fast=False))
+    ids = np.array([[0, 5, 6, 7, 8, 9, 2], [0, 11, 12, 2, 1, 1, 1]])
+    mask = (ids != 1).astype(np.int64)
+    kw = dict(attention_mask=mask, output_attentions=True)
+    assert_same_traces(comp(ids, return_trace=True, **kw), ref(ids, return_trace=True, **kw))
+    np.testing.assert_array_equal(comp(ids, **kw).last_hidden_state, ref(ids, **kw).last_hidden_state)
+
+
 def _bundled():
     from ibert_ref.loading import load_checkpoint
     from ibert_ref.data import default_model_path
