@@ -138,7 +138,27 @@ def _scalar(v):
     return int(v.reshape(-1)[0])
 
 
-class DeferredLinear(QTensor):
+class _Deferred(QTensor):
+    """An op output whose integers are written only when ``data`` is read (once, then kept):
+    a subclass sets ``shape`` and ``scale`` and computes the flat array in :meth:`_compute`."""
+
+    _data = None
+
+    @property
+    def materialized(self) -> bool:
+        return self._data is not None
+
+    @property
+    def data(self):
+        if self._data is None:
+            self._data = self._compute().reshape(self.shape)
+        return self._data
+
+    def _compute(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class DeferredLinear(_Deferred):
     """A QuantLinear output whose bias (and IntGELU, when one follows) is not yet applied:
     ``acc`` (rows, N) from the exact int8 GEMM, ``bias`` int64 (N,), ``gelu`` None or IntGELU's
     per-channel ``(b, c, one)``. Reading ``data`` computes the integers — ``acc + bias``
@@ -150,26 +170,18 @@ class DeferredLinear(QTensor):
     def __init__(self, acc, shape, bias, gelu, scale):  # noqa: D107 - fields as documented
         self.acc, self.shape, self.bias, self.gelu = acc, shape, bias, gelu
         self.scale = scale
-        self._data = None
 
-    @property
-    def materialized(self) -> bool:
-        return self._data is not None
-
-    @property
-    def data(self):
-        if self._data is None:
-            if self.gelu is None:
-                out = np.empty(self.acc.shape, dtype=np.int32)
-                ck.add_bias_rows(self.acc, self.bias, out)
-            else:
-                out = np.empty(self.acc.shape, dtype=I64)
-                ck.int_gelu_rows(self.acc, self.bias, *self.gelu, out)
-            self._data = out.reshape(self.shape)
-        return self._data
+    def _compute(self):
+        if self.gelu is None:
+            out = np.empty(self.acc.shape, dtype=np.int32)
+            ck.add_bias_rows(self.acc, self.bias, out)
+        else:
+            out = np.empty(self.acc.shape, dtype=I64)
+            ck.int_gelu_rows(self.acc, self.bias, *self.gelu, out)
+        return out
 
 
-class DeferredExp(QTensor):
+class DeferredExp(_Deferred):
     """i-exp's 16-bit output (softmax's ``act``) not yet written: the scores ``rows`` (rows, T)
     and the exact table of :func:`~ibert_ref.backends.compiled_kernels.int_exp_table` (every
     entry in ``[0, 2^15)``, the ``x = 0`` one positive). Reading ``data`` writes it
@@ -179,22 +191,14 @@ class DeferredExp(QTensor):
     def __init__(self, rows, x0_30, table, shape, scale):  # noqa: D107
         self.rows, self.x0_30, self.table, self.shape = rows, x0_30, table, shape
         self.scale = scale
-        self._data = None
 
-    @property
-    def materialized(self) -> bool:
-        return self._data is not None
-
-    @property
-    def data(self):
-        if self._data is None:
-            out = np.empty(self.rows.shape, dtype=np.int16)
-            ck.int_exp_lookup_rows(self.rows, self.x0_30, self.table, out)  # never refuses: checked table
-            self._data = out.reshape(self.shape)
-        return self._data
+    def _compute(self):
+        out = np.empty(self.rows.shape, dtype=np.int16)
+        ck.int_exp_lookup_rows(self.rows, self.x0_30, self.table, out)  # never refuses: checked table
+        return out
 
 
-class DeferredProbs(QTensor):
+class DeferredProbs(_Deferred):
     """IntSoftmax's probabilities not yet written, computed from the scores in one pass
     (:func:`~ibert_ref.backends.compiled_kernels.softmax_rows`): ``data`` as int16, or
     :meth:`minus_128` — the int8 operand ``P - 128`` of the context GEMM — without writing
@@ -203,23 +207,14 @@ class DeferredProbs(QTensor):
     def __init__(self, rows, x0_30, table, shift, shape, scale):  # noqa: D107
         self.rows, self.x0_30, self.table, self.shift, self.shape = rows, x0_30, table, shift, shape
         self.scale = scale
-        self._data = None
         self._p8 = None
 
-    @property
-    def materialized(self) -> bool:
-        return self._data is not None
-
-    @property
-    def data(self):
-        if self._data is None:
-            if self._p8 is not None:  # every P <= 255 was checked: P = (P - 128) + 128 exactly
-                self._data = self._p8.astype(np.int16) + np.int16(128)
-            else:
-                out = np.empty(self.rows.shape, dtype=np.int16)
-                ck.softmax_rows(self.rows, self.x0_30, self.table, self.shift, False, out)
-                self._data = out.reshape(self.shape)
-        return self._data
+    def _compute(self):
+        if self._p8 is not None:  # every P <= 255 was checked: P = (P - 128) + 128 exactly
+            return self._p8.astype(np.int16) + np.int16(128)
+        out = np.empty(self.rows.shape, dtype=np.int16)
+        ck.softmax_rows(self.rows, self.x0_30, self.table, self.shift, False, out)
+        return out
 
     def minus_128(self):
         """``(P - 128 as int8 (B, nh, T, T), how many P exceed 255)``. When none does, the int8
@@ -234,7 +229,7 @@ class DeferredProbs(QTensor):
         return out, over
 
 
-class DeferredLayerNorm(QTensor):
+class DeferredLayerNorm(_Deferred):
     """IntLayerNorm's int64 output not yet written: its input rows, constants and per-row
     integers (mean and ``2^31 / std``, computed — and checked — when the op ran, so a constant
     row raises there, as in the reference). Reading ``data`` writes it
@@ -245,19 +240,11 @@ class DeferredLayerNorm(QTensor):
     def __init__(self, rows, mean, factor, bias, shape, scale):  # noqa: D107
         self.rows, self.mean, self.factor, self.bias, self.shape = rows, mean, factor, bias, shape
         self.scale = scale
-        self._data = None
 
-    @property
-    def materialized(self) -> bool:
-        return self._data is not None
-
-    @property
-    def data(self):
-        if self._data is None:
-            out = np.empty(self.rows.shape, dtype=I64)
-            ck.layernorm_apply_rows(self.rows, self.mean, self.factor, self.bias, out)
-            self._data = out.reshape(self.shape)
-        return self._data
+    def _compute(self):
+        out = np.empty(self.rows.shape, dtype=I64)
+        ck.layernorm_apply_rows(self.rows, self.mean, self.factor, self.bias, out)
+        return out
 
 
 class CompiledDatapath(ExactDatapath):

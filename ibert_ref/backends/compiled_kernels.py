@@ -30,6 +30,16 @@ _LIMB_MASK = np.int64((1 << 31) - 1)
 
 
 @njit(cache=True, inline="always")
+def clamp(v, lo, hi):
+    """``min(max(v, lo), hi)``: saturation to a signed width ``[lo, hi]`` (int64 in, int64 out)."""
+    if v < lo:
+        return lo
+    if v > hi:
+        return hi
+    return v
+
+
+@njit(cache=True, inline="always")
 def msr_rne(z, m, e):
     """``rne(z * m / 2^e)`` for int64 ``|z| < 2^62``, ``|m| <= 2^31``, ``e >= 0`` (caller-checked),
     saturated to ``[-2^62, 2^62]`` — :func:`ibert_ref.intops.mul_shift_round` with
@@ -245,11 +255,7 @@ def requantize_rows(z, m, e, d, zlim, dmax, lo, hi, out):
                 continue
             for j in range(cols):
                 v = tmp[j]
-                if v < lo:
-                    v = lo
-                elif v > hi:
-                    v = hi
-                out[i, j] = v
+                out[i, j] = clamp(v, lo, hi)
     return refused
 
 
@@ -279,11 +285,7 @@ def requantize_residual_rows(z, bias, m, e, d, zlim, dmax, z_id, m_id, e_id, d_i
                 continue
             for j in range(cols):
                 v = tmp_id[j] + tmp[j]
-                if v < lo:
-                    v = lo
-                elif v > hi:
-                    v = hi
-                out[i, j] = v
+                out[i, j] = clamp(v, lo, hi)
     return refused
 
 
@@ -330,11 +332,7 @@ def requantize_linear_rows(acc, bias, gelu, gb, gc, gone, m, e, d, zlim, dmax, l
                 continue
             for j in range(cols):
                 v = tmp[j]
-                if v < lo:
-                    v = lo
-                elif v > hi:
-                    v = hi
-                out[i, j] = v
+                out[i, j] = clamp(v, lo, hi)
     return refused
 
 
@@ -402,11 +400,7 @@ def int_exp_rows(s, x0_int, x0_30, b_int, c_int, m, e, lo, hi, out):
             if in_table and pmax <= plim:
                 for j in range(cols):
                     v = np.int64(np.rint(np.float64(poly_row[j]) * table[zq_row[j]]))
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[i, j] = v
+                    out[i, j] = clamp(v, lo, hi)
                 done = True
             elif in_table and pmax <= F64_EXACT and np.float64(pmax) * abs(table[zq_lo]) < 2.0**49:
                 thr = 0.5 - np.float64(pmax) * abs(table[zq_lo]) * 2.0**-50
@@ -416,20 +410,12 @@ def int_exp_rows(s, x0_int, x0_30, b_int, c_int, m, e, lo, hi, out):
                     r = np.rint(y)
                     near += abs(y - r) >= thr
                     v = np.int64(r)
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[i, j] = v
+                    out[i, j] = clamp(v, lo, hi)
                 done = near == 0
             if not done:
                 for j in range(cols):
                     v = msr_rne(poly_row[j], m, e - 30 + zq_row[j])
-                    if v < lo:
-                        v = lo
-                    elif v > hi:
-                        v = hi
-                    out[i, j] = v
+                    out[i, j] = clamp(v, lo, hi)
     return refused
 
 
@@ -461,11 +447,7 @@ def int_exp_table(x0_int, x0_30, b_int, c_int, m, e, lo, hi):
             table[k] = TABLE_REFUSED
             continue
         v = msr_rne(poly, m, shift)
-        if v < lo:
-            v = lo
-        elif v > hi:
-            v = hi
-        table[k] = v
+        table[k] = clamp(v, lo, hi)
     return table
 
 
@@ -748,10 +730,6 @@ def layernorm_requantize_rows(x, mean, factor, bias, m, e, d, zlim, dmax, lo, hi
                 continue
             for j in range(cols):
                 v = tmp[j]
-                if v < lo:
-                    v = lo
-                elif v > hi:
-                    v = hi
-                out[i, j] = v
+                out[i, j] = clamp(v, lo, hi)
     return refused
 
