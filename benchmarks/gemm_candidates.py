@@ -5,7 +5,7 @@ roberta-base forward) and must return the int64 definition exactly; it is also r
 adversarial operands of :func:`ibert_ref.backends.int_gemm.adversarial_operands` (every operand
 at -128 / 127, K = 3072: what a ``vpmaddubsw``-based kernel saturates).
 
-* ``blas``      float32 BLAS in exact K-chunks (the NumPy backend: :func:`ibert_ref.intops.matmul_exact`,
+* ``blas``      float32 BLAS in exact K-chunks (the NumPy backend: :func:`ibert_ref.backends.fast_intops.matmul_exact`,
                 int8 weights converted to float32 per call, as they stay int8 resident)
 * ``torch``     ``torch._int_mm`` (oneDNN s8 x s8 -> s32)
 * ``numba``     a plain numba kernel: rows in parallel, int32 dot products (what LLVM vectorises)
@@ -29,9 +29,9 @@ SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (1024, 768, 3072)
 
 def candidates(ort_path=None, only=None):
     """name -> ``fn(x (M, K) int8, w (N, K) int8) -> (M, N)``; ``only``: import just that one."""
-    from ibert_ref import intops
+    from ibert_ref.backends import fast_intops
 
-    out = {"blas": lambda x, w: intops.matmul_exact(x, w.T, narrow=True)}
+    out = {"blas": lambda x, w: fast_intops.matmul_exact(x, w.T, narrow=True)}
     if only == "blas":
         return out
     try:

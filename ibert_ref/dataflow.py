@@ -320,6 +320,13 @@ def quant_act_bits(name: str) -> int:
 
 # ---------------------------------------------------------------------------------------
 # The one kernel dispatcher
+def kernel(dp, name: str):
+    """The function that computes kernel ``name`` of :mod:`ibert_ref.kernels` on datapath
+    ``dp``: the datapath's replacement (a backend's faster route to the same integers, or a
+    hardware profile's modelled variant: ``dp.replacement_kernel``) or the kernel itself."""
+    return dp.replacement_kernel(name) or getattr(K, name)
+
+
 def _raw(v):
     """A kernel argument that is a plain array (ids, a mask, raw scores): a QTensor's data."""
     return v.data if isinstance(v, QTensor) else v
@@ -351,9 +358,9 @@ def run_op(dp, op: Op, params, args, *, num_heads: int = 1, mask=None, fops=None
         if isinstance(params, K.QuantizeInputParams):
             x = args[0]
             return K.quantize_input(dp, x if isinstance(x, np.ndarray) else dp.dequantize(x), params)
-        return K.requantize(dp, args[0], params, identity=args[1] if len(args) > 1 else None)
+        return kernel(dp, k)(dp, args[0], params, identity=args[1] if len(args) > 1 else None)
     if k == "quant_linear":
-        return K.quant_linear(dp, args[0], params)
+        return kernel(dp, k)(dp, args[0], params)
     if k == "attention_scores":
         return K.attention_scores(dp, args[0], args[1], num_heads, mask, params)
     if k == "int_exp":
@@ -361,17 +368,17 @@ def run_op(dp, op: Op, params, args, *, num_heads: int = 1, mask=None, fops=None
         if len(args) > 1:
             live = np.asarray(_raw(args[1])).astype(bool)[:, None, None, :]
             scores = np.where(live, np.asarray(scores, dtype=np.int64), -SATURATION_I64)
-        return K.int_exp(dp, scores, params)
+        return kernel(dp, k)(dp, scores, params)
     if k == "softmax_normalize":
-        return K.softmax_normalize(dp, args[0], params)
+        return kernel(dp, k)(dp, args[0], params)
     if k == "attention_context":
         return dp.attention_context(args[0], args[1], num_heads, params)
     if k == "int_gelu":
         if params is None:
             return fops.gelu(dp.dequantize(args[0]))  # force_dequant gelu: nn.GELU in float32
-        return K.int_gelu(dp, args[0], params)
+        return kernel(dp, k)(dp, args[0], params)
     if k == "int_layernorm":
         if not isinstance(params, K.LayerNormParams):
             return fops.ibert_layernorm(dp.dequantize(args[0]), params)  # force_dequant layernorm
-        return K.int_layernorm(dp, args[0], params)
+        return kernel(dp, k)(dp, args[0], params)
     raise KeyError(f"unknown kernel {k!r} of op {op.name}")

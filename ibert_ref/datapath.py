@@ -5,10 +5,10 @@ The kernels in :mod:`ibert_ref.kernels` are written once, as the algorithm of th
 are held goes through a datapath method. Two datapaths ship:
 
 ``ExactDatapath`` ("exact")
-    Integers are NumPy integer arrays (int64 for intermediates; on the fast path a clamped
-    QuantAct output is held as int8/int16/int32 and a QuantLinear accumulator as int32);
-    every floor, shift and rounding is exact integer math (or float math proven exact for
-    the operands at hand); each layer's input carries its true scale. What I-BERT means.
+    Integers are int64 NumPy arrays (int8 weights); every floor, shift and rounding is exact
+    integer math (:mod:`ibert_ref.intops`); each layer's input carries its true scale. What
+    I-BERT means: the reference. The backends of :mod:`ibert_ref.backends` compute the same
+    integers faster (``make_datapath("exact")`` picks the NumPy one).
 
 ``TransformersDatapath`` ("transformers")
     Reproduces transformers' float32 emulation bit for bit: values travel dequantized
@@ -22,7 +22,6 @@ A value between ops is a :class:`QTensor` (``data`` + ``scale``): ``data`` is th
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,9 +70,16 @@ class GemmBackend:
         raise NotImplementedError
 
 
-def _split_heads(x, num_heads):
+def split_heads(x, num_heads: int):
+    """(B, T, H) -> (B, heads, T, H / heads): a view, transformers' ``view`` + ``transpose``."""
     b, t, h = x.shape
     return x.reshape(b, t, num_heads, h // num_heads).transpose(0, 2, 1, 3)
+
+
+def merge_heads(ctx):
+    """(B, heads, T, hd) -> (B, T, heads * hd), contiguous: the inverse of :func:`split_heads`."""
+    b, nh, t, hd = ctx.shape
+    return np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, t, nh * hd)
 
 
 class NumpyGemm(GemmBackend):
@@ -85,14 +91,12 @@ class NumpyGemm(GemmBackend):
         return np.matmul(x_f32, w_f32.T) + b_f32
 
     def attention_scores(self, q_f32, k_f32, num_heads):
-        q = _split_heads(q_f32, num_heads)
-        k = _split_heads(k_f32, num_heads)
+        q = split_heads(q_f32, num_heads)
+        k = split_heads(k_f32, num_heads)
         return np.matmul(q, k.transpose(0, 1, 3, 2))
 
     def attention_context(self, p_f32, v_f32, num_heads):
-        ctx = np.matmul(p_f32, _split_heads(v_f32, num_heads))
-        b, nh, t, hd = ctx.shape
-        return np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, t, nh * hd)
+        return merge_heads(np.matmul(p_f32, split_heads(v_f32, num_heads)))
 
     def sum_last(self, x_f32):
         return np.sum(x_f32, axis=-1, keepdims=True, dtype=F32)
@@ -302,67 +306,39 @@ class Datapath:
         """IntLayerNorm's ``sum(y^2)`` over the last axis (keepdims)."""
         return self.sum_last(y * y)
 
-    def variant_kernel(self, name: str):
-        """A replacement for kernel ``name`` (e.g. an int32-realizable IntGELU), or None."""
-        return None
-
-    def row_runner(self, name: str):
-        """How to run the row-local kernel ``name`` (:func:`~ibert_ref.kernels.row_local`):
-        None to call it once on the whole arrays, else ``runner(kernel, args, kwargs)``."""
-        return None
-
-    def compiled_kernel(self, name: str):
-        """A compiled replacement of the row-local kernel ``name`` (``fn(dp, *args, **kwargs)``
-        returning the same integers, or None to let the kernel run), or None (default).
-        :class:`ibert_ref.backends.compiled.CompiledDatapath` provides them."""
+    def replacement_kernel(self, name: str):
+        """A function computing kernel ``name`` of :mod:`ibert_ref.kernels` for this datapath
+        (``fn(dp, *args, **kwargs)``, the kernel's signature), or None (default): the kernel
+        itself runs. Backends return a cheaper route to the same integers (proven equal by
+        tests/test_fast_path.py and tests/test_compiled_backend.py); a hardware profile may
+        return its modelled variant (the int32 IntGELU). :func:`ibert_ref.dataflow.kernel` is
+        the one place that consults it."""
         return None
 
 
 class ExactDatapath(Datapath):
-    """Exact integers (int64 arrays), true scales.
+    """Exact integers, true scales: the reference.
 
-    ``fast=True`` (default) and ``fast=False`` compute the same integers, op for op
-    (tests/test_fast_path.py). The reference path is the plainest exact code: int64 GEMMs
+    The plainest exact code, every step an integer operation on int64 arrays: int64 GEMMs
     (:func:`~ibert_ref.intops.matmul_exact_reference`), the two-limb
-    :func:`~ibert_ref.intops.mul_shift_round`, the 31-step restoring square root. The fast
-    path picks cheaper kernels from the operands' actual ranges, checked at every call:
+    :func:`~ibert_ref.intops.mul_shift_round`, the 31-step restoring square root
+    (:func:`~ibert_ref.intops.isqrt_floor`), and the kernels of :mod:`ibert_ref.kernels`
+    as written. Weights stay resident as int8; every other value is int64.
 
-    * GEMMs on float32 BLAS while every partial sum is an integer below 2^24 (K-chunks of
-      1024 for int8 x int8, accumulated in float64), :func:`~ibert_ref.intops.matmul_exact`;
-    * requantization in float64 when ``z * m`` is exact there, with an exact repair of
-      near-ties when it is not, else single int64 products
-      (:func:`~ibert_ref.intops.mul_shift_round_fast`); the softmax exponent shift through a
-      table over its 31 possible values;
-    * a float square root corrected by one exact integer step;
-    * IntGELU through :meth:`variant_kernel`: the kernel's own int64 operations, in place,
-      row block by row block (cache-resident), :meth:`_int_gelu_blocked`;
-    * QuantAct/FixedPointMul through :meth:`variant_kernel` in float64 when every product is
-      exact there (:meth:`_requantize_f64`), else the kernel with the tiers above;
-    * row-local kernels (:func:`~ibert_ref.kernels.row_local`) on cache-sized row blocks
-      (:meth:`row_runner`, optionally on threads).
-
-    Weights stay resident as int8 (converted to float32 per GEMM, never cached). On the fast
-    path a clamped result is held in the narrowest type of its width (``narrow``: int8 for
-    an 8-bit QuantAct, int16, int32 for the 22-bit one) instead of int64: less memory
-    traffic, and GEMM operands whose bound is read from the type. Every kernel widens before
-    its arithmetic (products and sums of the datapath's arrays are int64).
+    ``make_datapath("exact")`` runs the same integers faster on the NumPy backend
+    (:class:`ibert_ref.backends.fast_numpy.FastExactDatapath`) or the compiled one;
+    ``make_datapath("exact", fast=False)`` is this class.
     """
 
     name = "exact"
     stale_layer_scale = False
-    #: what runs the kernels (:mod:`ibert_ref.backends`): NumPy here
+    #: what runs the kernels (:mod:`ibert_ref.backends`)
     backend = "numpy"
-
-    def __init__(self, fast: bool = True):
-        self.fast = bool(fast)
-        #: hold clamped results as int8/int16/int32 (fast path); int64 everywhere otherwise
-        self.narrow = self.fast
-        self._mul_shift_round = intops.mul_shift_round_fast if self.fast else intops.mul_shift_round
-        self._matmul = intops.matmul_exact if self.fast else intops.matmul_exact_reference
-        self._isqrt = intops.isqrt_floor_fast if self.fast else intops.isqrt_floor
+    #: whether this is a fast route to the reference's integers (a backend) or the reference
+    fast = False
 
     def __repr__(self):
-        return f"ExactDatapath(fast={self.fast})"
+        return f"{type(self).__name__}()"
 
     def const(self, v_f32):
         return np.asarray(v_f32).astype(I64)
@@ -371,10 +347,7 @@ class ExactDatapath(Datapath):
         return np.asarray(w_f32).astype(np.int8)
 
     def emit(self, w, scale_f32):
-        w = np.asarray(w)
-        if not (self.narrow and w.dtype in _NARROW_INTS):
-            w = w.astype(I64, copy=False)
-        return QTensor(w, np.asarray(scale_f32, dtype=F32))
+        return QTensor(np.asarray(w).astype(I64, copy=False), np.asarray(scale_f32, dtype=F32))
 
     def recover(self, t):
         return t.data
@@ -388,11 +361,9 @@ class ExactDatapath(Datapath):
         return t.data.astype(F32) * t.scale
 
     def dyadic_round(self, z, dy):
-        return self._mul_shift_round(z, dy.m, dy.e, "half_even")
+        return intops.mul_shift_round(z, dy.m, dy.e, "half_even")
 
     def clamp_bits(self, w, bits):
-        if self.narrow and bits <= 32:
-            return intops.clamp_signed_narrow(w, bits)
         return intops.clamp_signed(w, bits)
 
     def floor_div(self, x, d):
@@ -417,275 +388,32 @@ class ExactDatapath(Datapath):
         return x.sum(axis=-1, keepdims=True)
 
     def floor_sqrt(self, v):
-        return self._isqrt(v)
+        return intops.isqrt_floor(v)
 
     def linear(self, x, w, b):
         # (..., in) x (out, in)^T: int8 x int8 products summed exactly, plus the int32 bias
-        if self.fast:
-            return intops.matmul_exact(x, w.T, add_int=b, narrow=self.narrow)
         return intops.matmul_exact_reference(x, w.T) + b
 
     def attention_scores(self, q, k, num_heads, mask, score_scale_f32):
-        qh = _split_heads(q.data, num_heads)
-        kh = _split_heads(k.data, num_heads)
-        scores = self._matmul(qh, kh.transpose(0, 1, 3, 2))
-        if mask is not None and not (self.fast and np.all(mask)):
+        k_t = split_heads(k.data, num_heads).transpose(0, 1, 3, 2)
+        scores = intops.matmul_exact_reference(split_heads(q.data, num_heads), k_t)
+        if mask is not None:
             keep = mask[:, None, None, :].astype(bool)
             scores = np.where(keep, scores, -intops.SATURATION_I64)
         return scores
 
     def attention_context(self, p, v, num_heads, scale_f32):
-        ctx = self._matmul(p.data, _split_heads(v.data, num_heads))
-        b, nh, t, hd = ctx.shape
-        ctx = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, t, nh * hd)
-        return QTensor(ctx, np.asarray(scale_f32, dtype=F32))
+        ctx = intops.matmul_exact_reference(p.data, split_heads(v.data, num_heads))
+        return QTensor(merge_heads(ctx), np.asarray(scale_f32, dtype=F32))
 
     def exp_requantize(self, z, q, exp_scale_f32, dy_tf, dy_exact, bits):
         # exp_int = z * 2^(30 - q) (up to ~2^70) is never materialised: the left shift is
         # folded into the requantization shift, e16 = rne(z * m / 2^(e - (30 - q))).
-        if self.fast:
-            e16 = self._exp_requantize_f64(z, q, dy_exact, bits)
-            if e16 is not None:
-                return e16
-        z = np.maximum(z, 0)
         shift = dy_exact.e - (30 - q)
         if np.any(shift < 0):
             raise OverflowError("softmax exp requantization shift went negative")
-        e16 = self._mul_shift_round(z, dy_exact.m, shift, "half_even")
+        e16 = intops.mul_shift_round(np.maximum(z, 0), dy_exact.m, shift, "half_even")
         return intops.clamp_signed(e16, bits)
-
-    def row_runner(self, name: str):
-        """Fast path only: row-local kernels run on row blocks of about
-        ``intops.BLOCK_ELEMS`` elements, on ``intops.get_num_threads()`` threads
-        (:func:`run_row_blocks`). None while a census collects (ops are reported whole) and on
-        the reference path."""
-        if self.fast and self.oplog is None:
-            return self._run_row_blocks
-        return None
-
-    def _run_row_blocks(self, kernel, args, kwargs):
-        return run_row_blocks(self, kernel, args, kwargs)
-
-    def variant_kernel(self, name: str):
-        """Fast path only: IntGELU fused over row blocks (:meth:`_int_gelu_blocked`, the same
-        integers as :func:`~ibert_ref.kernels.int_gelu`). None while a width census collects
-        (the kernel's own code then reports its intermediates) and on the reference path."""
-        if name == "int_gelu" and self.fast and self.oplog is None:
-            return self._int_gelu_blocked
-        if name == "requantize" and self.fast and self.oplog is None:
-            return self._requantize_f64
-        return None
-
-    @staticmethod
-    def _requantize_f64(dp, x, p, identity=None):
-        """:func:`~ibert_ref.kernels.requantize` in float64 when every step is exact there,
-        else None (the kernel's own code runs):
-
-        ``y = rint(z * d) [+ rint(z_id * d_id)]``, ``d = m * 2^-e`` (exact), then
-        ``clamp(y, -2^(b-1), 2^(b-1) - 1)`` written to the narrow integer type in one pass.
-        Exact while ``max|z| * max|m| < 2^53`` and ``< 2^51 * 2^(min e)`` for each term (the
-        product ``z * m`` and its scaling are exact, rint is round half to even of the exact
-        rational, and each rounded term is below 2^51 so their sum is exact): tier 0 of
-        :func:`~ibert_ref.intops.mul_shift_round_fast`, without its int64 round trip.
-        """
-        terms = [(x, p.dy)] if identity is None else [(x, p.dy), (identity, p.dy_identity)]
-        if p.bits > 32 or (identity is not None and np.shape(identity.data) != np.shape(x.data)):
-            return None
-        y_f64 = None
-        for t, dy in terms:
-            z = np.asarray(dp.round_recover(t))
-            dy = dp.requant_multiplier(dy, t)
-            m, e = np.asarray(dy.m, dtype=I64), np.asarray(dy.e, dtype=I64)
-            if z.dtype not in _NARROW_INTS + (np.dtype(I64),) or z.size == 0 or m.size == 0 or e.size == 0:
-                return None
-            if not all(v.ndim <= 1 or all(d == 1 for d in v.shape[:-1]) for v in (m, e)):
-                return None
-            e_lo, e_hi = int(e.min()), int(e.max())
-            product = intops.abs_bound(z) * intops.abs_bound(m)
-            if e_lo < 0 or e_hi > 1000 or product >= intops.F64_EXACT_INT or product >= intops.ROUND_MAGIC_LIMIT << e_lo:
-                return None
-            d_f64 = np.ldexp(m.astype(np.float64), -e.astype(np.int32))
-            if y_f64 is None:
-                y_f64 = np.multiply(z, d_f64, dtype=np.float64)
-                np.rint(y_f64, out=y_f64)
-            else:
-                term = np.multiply(z, d_f64, dtype=np.float64)
-                y_f64 += np.rint(term, out=term)
-        if y_f64.shape != np.shape(x.data):  # m or e broadcast z to a larger shape
-            return None
-        return dp.emit(dp.clamp_bits(y_f64, p.bits), p.out_scale)
-
-    @staticmethod
-    def _int_gelu_blocked(dp, x, p):
-        """:func:`~ibert_ref.kernels.int_gelu`, the same int64 operations in the same order,
-        run row block by row block (about ``intops.BLOCK_ELEMS`` elements, cache-resident),
-        each block computed in place in the result (:meth:`_int_gelu_block`):
-
-        ``a = min(|x|, -b) + b``, ``a = a * a + c`` (erf_poly), ``a = a * sign(x)``,
-        ``a = floor(a / 2^14)`` (arithmetic shift), ``out = x * (a + one)`` — int64 with
-        NumPy's wrapping, exactly as the kernel (an int8/16/32 ``x`` is widened into the int64
-        result by the first step). Inputs of another type, empty, or with constants that are
-        not int64 scalars / per-channel vectors take the kernel's own formula unblocked
-        (:meth:`_int_gelu_plain`).
-        """
-        x_int = np.asarray(x.data)
-        consts = [np.asarray(v) for v in (p.b_int, p.c_int, p.one)]
-        plain = x_int.dtype not in _NARROW_INTS + (np.dtype(I64),) or x_int.ndim == 0 or x_int.size == 0
-        for v in consts:
-            per_channel = v.ndim <= x_int.ndim and all(d == 1 for d in v.shape[:-1])
-            if v.dtype != I64 or not (v.ndim == 0 or (per_channel and v.shape[-1] in (1, x_int.shape[-1]))):
-                plain = True
-        if plain:
-            return ExactDatapath._int_gelu_plain(dp, x_int, p)
-        cols = x_int.shape[-1]
-        b, c, one = (v.reshape(v.shape[-1:]) if v.ndim else v for v in consts)
-        x_rows = np.ascontiguousarray(x_int).reshape(-1, cols)  # int8..int64: widened into the int64 result
-        product = np.empty(x_rows.shape, dtype=I64)
-        step = max(1, intops.BLOCK_ELEMS // cols)
-        for r0 in range(0, x_rows.shape[0], step):
-            ExactDatapath._int_gelu_block(x_rows[r0 : r0 + step], -b, b, c, one, product[r0 : r0 + step])
-        return dp.emit(product.reshape(x_int.shape), p.out_scale)
-
-    @staticmethod
-    def _int_gelu_block(x_i64, neg_b, b, c, one, out):
-        """One row block of :meth:`_int_gelu_blocked`, written into ``out`` (int64):
-        ``out = x * (floor(sign(x) * ((min(|x|, -b) + b)^2 + c) / 2^14) + one)``."""
-        a = np.abs(x_i64, out=out)
-        np.minimum(a, neg_b, out=a)
-        a += b
-        a *= a
-        a += c
-        a *= np.sign(x_i64)
-        a >>= 14
-        a += one
-        a *= x_i64
-        return a
-
-    @staticmethod
-    def _int_gelu_plain(dp, x_int, p):
-        """The kernel's formula as written in :func:`~ibert_ref.kernels.int_gelu` (whole arrays)."""
-        sign = np.sign(x_int)
-        clipped = np.minimum(np.abs(x_int), -p.b_int)
-        erf_poly = (clipped + p.b_int) ** 2 + p.c_int
-        erf_q = dp.floor_div_pow2(sign * erf_poly, 14)
-        return dp.emit(x_int * (erf_q + p.one), p.out_scale)
-
-    @staticmethod
-    def _exp_requantize_f64(z, q, dy, bits):
-        """``clamp(rint(max(z, 0) * d[q]))``, ``d[q] = m * 2^-(e - 30 + q)`` from a table over q's range.
-
-        Same integers as the reference when ``max z * |m| < 2^53`` and the result stays below
-        2^51 (tier 0 of :func:`~ibert_ref.intops.mul_shift_round_fast`: every table entry and
-        every product is exact); None when that does not hold. Runs block by block.
-        """
-        z, q = np.asarray(z), np.asarray(q)
-        m, e = np.asarray(dy.m), np.asarray(dy.e)
-        if m.size != 1 or e.size != 1 or z.size == 0 or z.shape != q.shape:
-            return None
-        q_lo, q_hi = int(q.min()), int(q.max())
-        shift_lo = int(e.reshape(-1)[0]) - 30 + q_lo
-        if shift_lo < 0:
-            raise OverflowError("softmax exp requantization shift went negative")
-        m_int = int(m.reshape(-1)[0])
-        product = max(int(z.max()), 0) * abs(m_int)
-        if product >= intops.F64_EXACT_INT or product >= intops.ROUND_MAGIC_LIMIT << shift_lo:
-            return None
-        if q_hi - q_lo > 256 or shift_lo + q_hi - q_lo > 1000:
-            return None
-        table_f64 = np.ldexp(float(m_int), -np.arange(shift_lo, shift_lo + q_hi - q_lo + 1, dtype=np.int32))
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-        def kernel(z_blk, q_blk):
-            x_f64 = np.take(table_f64, q_blk - q_lo if q_lo else q_blk)
-            x_f64 *= np.maximum(z_blk, 0)
-            e16 = intops.rint_f64_to_i64(x_f64)
-            return np.clip(e16, lo, hi, out=e16)
-
-        return intops.blockwise(kernel, z.shape, (np.ascontiguousarray(z), np.ascontiguousarray(q)))
-
-
-_NARROW_INTS = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
-
-
-def _row_data(v):
-    """The array a row-local kernel's argument ``v`` contributes rows from, or None."""
-    data = v.data if isinstance(v, QTensor) else v if isinstance(v, np.ndarray) else None
-    return data if data is not None and data.ndim >= 2 else None
-
-
-def _same_for_every_row(v, depth: int = 0) -> bool:
-    """True if ``v`` (a parameter, scale or dataclass of them) holds no array with rows:
-    every array it holds is a scalar or per-channel (all axes but the last of length 1)."""
-    if isinstance(v, np.ndarray):
-        return v.ndim <= 1 or all(d == 1 for d in v.shape[:-1])
-    if depth < 3 and hasattr(v, "__dataclass_fields__"):
-        return all(_same_for_every_row(getattr(v, f), depth + 1) for f in v.__dataclass_fields__)
-    return True
-
-
-def run_row_blocks(dp, kernel, args, kwargs):
-    """``kernel(dp, *args, **kwargs)`` for a row-local kernel, computed on row blocks.
-
-    Every argument that is an array (or a :class:`QTensor`'s data) of 2 or more dimensions
-    is cut into the same blocks of rows (all leading axes flattened; they must agree), each
-    block of about ``intops.BLOCK_ELEMS`` elements; other arguments (parameters, per-tensor
-    or per-channel scales: checked, :func:`_same_for_every_row`) go whole to every block. Blocks run on
-    :func:`~ibert_ref.intops.run_blocks` and write their rows of the result. Row-locality
-    makes this the same integers as one whole call; small inputs, or arguments that do not
-    fit the pattern (a scale with rows, disagreeing leading axes), take the whole call.
-    """
-    items = list(enumerate(args)) + list(kwargs.items())
-    datas = {key: d for key, d in ((key, _row_data(v)) for key, v in items) if d is not None}
-    whole = lambda: kernel(dp, *args, **kwargs)  # noqa: E731
-    if not datas:
-        return whole()
-    lead = next(iter(datas.values())).shape[:-1]
-    rows = int(np.prod(lead))
-    cols = max(d.shape[-1] for d in datas.values())
-    step = intops.block_rows(rows * cols, cols)
-    if step is None or any(d.shape[:-1] != lead for d in datas.values()):
-        return whole()
-    if not all(_same_for_every_row(v if key not in datas else v.scale if isinstance(v, QTensor) else None)
-               for key, v in items):
-        return whole()
-    flat = {key: d.reshape(rows, d.shape[-1]) for key, d in datas.items()}
-    state = {"out": None, "scale": None}
-    lock = threading.Lock()
-
-    def block_arg(key, v, r0, r1):
-        if key not in flat:
-            return v
-        rows_blk = flat[key][r0:r1]
-        return QTensor(rows_blk, v.scale) if isinstance(v, QTensor) else rows_blk
-
-    def one_block(i):
-        r0, r1 = i * step, min((i + 1) * step, rows)
-        blk_args = [block_arg(j, v, r0, r1) for j, v in enumerate(args)]
-        blk_kwargs = {k: block_arg(k, v, r0, r1) for k, v in kwargs.items()}
-        res = kernel(dp, *blk_args, **blk_kwargs)
-        data = np.asarray(res.data)
-        with lock:
-            if state["out"] is None:
-                state["out"] = np.empty((rows, data.shape[-1]), dtype=data.dtype)
-                state["scale"] = res.scale
-            out, scale = state["out"], state["scale"]
-        if data.shape != (r1 - r0, out.shape[1]):
-            raise AssertionError(f"{kernel.__name__}: row block {i} gave shape {data.shape}, not row-local")
-        if res.scale is not scale and not np.array_equal(res.scale, scale):
-            raise AssertionError(f"{kernel.__name__}: row block {i} has another output scale")
-        if not np.can_cast(data.dtype, out.dtype, casting="safe"):
-            raise _WiderBlock  # a block needs a wider type than the first one: run it whole
-        out[r0:r1] = data
-
-    try:
-        intops.run_blocks(one_block, -(-rows // step))
-    except _WiderBlock:
-        return whole()
-    return QTensor(state["out"].reshape(lead + state["out"].shape[1:]), state["scale"])
-
-
-class _WiderBlock(Exception):
-    """A row block's result type is wider than the first block's (run_row_blocks)."""
 
 
 class TransformersDatapath(Datapath):

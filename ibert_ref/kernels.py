@@ -8,11 +8,14 @@ are plain NumPy on the datapath's arrays. The compile-time constants each kernel
 live in the ``*Params`` dataclasses, built by :mod:`ibert_ref.compile`.
 
 Notation: ``q`` an integer, ``s`` its float32 scale (real value ``q * s``).
+
+These functions are the reference: no dispatch inside. A backend may compute a kernel's
+integers by another route (``dp.replacement_kernel(name)``, consulted by
+:func:`ibert_ref.dataflow.kernel` only), proven equal to the function here by the tests.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,31 +26,6 @@ from .quant import F32, Dyadic
 
 #: IntSoftmax output scale: probabilities are integers in [0, 256] times 2^-8.
 SOFTMAX_OUT_SCALE_F32 = np.array([1.0 / 256.0], dtype=F32)
-
-
-def row_local(kernel):
-    """Marks a kernel whose output row ``i`` (last axis) depends only on row ``i`` of its
-    array arguments: reductions run along the last axis, constants are per tensor or per
-    channel. A datapath may then run the kernel itself on row blocks
-    (``dp.row_runner(name)``: cache-sized blocks, on several threads); the integers are
-    those of one call on the whole arrays. A datapath may also replace the whole kernel by a
-    compiled one computing the same integers (``dp.compiled_kernel(name)``: the compiled
-    backend, :mod:`ibert_ref.backends`)."""
-
-    @functools.wraps(kernel)
-    def run(dp, *args, **kwargs):
-        compiled = dp.compiled_kernel(kernel.__name__)  # the compiled backend's one-pass kernel
-        if compiled is not None:
-            out = compiled(dp, *args, **kwargs)
-            if out is not None:  # None: outside what it handles, the kernel below runs
-                return out
-        runner = dp.row_runner(kernel.__name__)
-        if runner is None:
-            return kernel(dp, *args, **kwargs)
-        return runner(kernel, args, kwargs)
-
-    run.row_local = True
-    return run
 
 
 @dataclass
@@ -133,7 +111,6 @@ def quant_embedding(dp: Datapath, p: EmbeddingParams, ids: np.ndarray) -> QTenso
     return dp.emit(p.w[ids], p.scale)
 
 
-@row_local
 def requantize(dp: Datapath, x: QTensor, p: RequantParams, identity: Optional[QTensor] = None) -> QTensor:
     """QuantAct / FixedPointMul: move integers to a new scale, optionally adding a residual.
 
@@ -143,13 +120,7 @@ def requantize(dp: Datapath, x: QTensor, p: RequantParams, identity: Optional[QT
     to even on the exact rational (exact datapath; transformers computes it in float64,
     which rounds the product once ``|q * m| >= 2^53``). Widths: input up to 62 bits, the
     product up to 93 bits (held in two int64 limbs), output ``b`` bits (8, 16 or 22).
-    A datapath may return the same integers by a cheaper exact route
-    (``dp.variant_kernel("requantize")``, e.g. float64 when every product fits 53 bits).
     """
-    variant = dp.variant_kernel("requantize")  # a cheaper exact evaluation, or None
-    fused = None if variant is None else variant(dp, x, p, identity)
-    if fused is not None:
-        return fused
     z = dp.round_recover(x)
     out = dp.dyadic_round(z, dp.requant_multiplier(p.dy, x))
     if identity is not None:
@@ -164,10 +135,6 @@ def quant_linear(dp: Datapath, x: QTensor, p: LinearParams) -> QTensor:
     int8 x int8 products, int32 accumulation (exact: cannot overflow for K <= 132,104),
     int32 bias; output scale ``s_x * s_w[c]`` per channel. No rounding.
     """
-    compiled = dp.compiled_kernel("quant_linear")  # the compiled backend's exact int8 GEMM
-    out = None if compiled is None else compiled(dp, x, p)
-    if out is not None:
-        return out
     acc = dp.linear(dp.recover(x), p.w, p.b)
     return dp.emit(acc, p.out_scale)
 
@@ -188,7 +155,6 @@ def _live_keys(mask, shape):
     return np.broadcast_to(np.asarray(mask)[:, None, None, :].astype(bool), shape)
 
 
-@row_local
 def int_exp(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
     """i-exp of the max-subtracted scores, requantized to 16 bits (softmax's ``act``).
 
@@ -211,7 +177,6 @@ def int_exp(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
     return dp.emit(e16, p.act_scale)
 
 
-@row_local
 def softmax_normalize(dp: Datapath, e: QTensor, p: SoftmaxParams) -> QTensor:
     """IntSoftmax's normalisation of the 16-bit exponentials along the last axis:
 
@@ -247,19 +212,13 @@ def int_softmax(dp: Datapath, scores, p: SoftmaxParams) -> QTensor:
     return softmax_normalize(dp, int_exp(dp, scores, p), p)
 
 
-@row_local
 def int_gelu(dp: Datapath, x: QTensor, p: GeluParams) -> QTensor:
     """IntGELU (I-BERT Alg. 2): ``GELU(x) ~ x * (erf(x / sqrt 2) + 1) / 2``.
 
     ``erf_q = sign(x) * ((min(|x|, -b_int) + b_int)^2 + c_int)``, then
     ``erf_q = floor(erf_q / 2^14)``; output ``x * (erf_q + one)`` — about 40 bits (the
     widest product in I-BERT). Floors only; output scale ``s * s_erf / 2`` (negative).
-    A datapath may substitute its own variant (``dp.variant_kernel("int_gelu")``: the int32
-    IntGELU of :mod:`ibert_ref.hardware.profiles`).
     """
-    variant = dp.variant_kernel("int_gelu")
-    if variant is not None:
-        return variant(dp, x, p)
     x_int = dp.recover(x)
     sign = np.sign(x_int)
     clipped = np.minimum(np.abs(x_int), -p.b_int)
@@ -272,7 +231,6 @@ def int_gelu(dp: Datapath, x: QTensor, p: GeluParams) -> QTensor:
     return dp.emit(product, p.out_scale)
 
 
-@row_local
 def int_layernorm(dp: Datapath, x: QTensor, p: LayerNormParams) -> QTensor:
     """IntLayerNorm over the last axis (D channels):
 

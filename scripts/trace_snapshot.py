@@ -29,7 +29,7 @@ from ibert_ref.model import IBertModel
 
 TEXTS = ["The capital of France is Paris.", "Integers all the way down, and then some more.",
          "A short one.", "Quantization keeps every op in integer arithmetic, even the softmax."]
-PROFILES = [("exact", {}), ("transformers", {}), ("transformers", {"gemm": "torch"}), ("arm", {}),
+PROFILES = [("exact", {}), ("exact", {"fast": False}), ("transformers", {}), ("transformers", {"gemm": "torch"}), ("arm", {}),
             ("tensor-core", {}), ("x86-vnni", {}), ("generic", {"acc_bits": 24, "overflow": "saturate"}),
             ("generic", {"acc_bits": 16, "overflow": "wrap"}), ("generic", {"acc_bits": 18, "overflow": "saturate"})]
 
@@ -92,7 +92,7 @@ def forward_snapshots(out: dict, folders: dict):
                 continue
             tag = f"{mname}|{dp}|{sorted(opts.items())}|{fdq}"
             model = _build(ckpt, dp, {k: v for k, v in opts.items() if k in ("gemm", "backend")} if dp in (
-                "exact", "transformers") else {}, fdq) if dp in ("exact", "transformers") else None
+                "exact", "transformers") else {}, fdq) if dp in ("exact", "transformers") and "fast" not in opts else None
             if model is None:
                 from ibert_ref.datapath import make_datapath
                 model = _build(ckpt, make_datapath(dp, **opts), {}, fdq)

@@ -2,7 +2,7 @@
 
 ``backend="compiled"`` (:mod:`ibert_ref.backends`) replaces each row-local I-BERT kernel by a
 one-pass numba kernel and QuantLinear's GEMM by an exact int8 GEMM. Here every compiled kernel
-is run against the reference exact datapath (``ExactDatapath(fast=False)``: two-limb
+is run against the reference exact datapath (``ExactDatapath()``: two-limb
 requantization, int64 GEMMs without BLAS, the restoring square root) on Hypothesis-drawn inputs
 — int8..int64 operands, near-ties of every rounding, extreme multipliers and constants — and
 must return the same integers (and raise the same errors); then whole models (the bundled one
@@ -19,20 +19,37 @@ from hypothesis import strategies as st
 pytest.importorskip("numba")
 
 from ibert_ref import intops  # noqa: E402
-from ibert_ref import kernels as K  # noqa: E402
+from ibert_ref import kernels  # noqa: E402
 from ibert_ref import strategies as S  # noqa: E402
 from ibert_ref.backends import compiled_kernels as ck  # noqa: E402
 from ibert_ref.backends import int_gemm  # noqa: E402
 from ibert_ref.backends.compiled import CompiledDatapath  # noqa: E402
+from ibert_ref.dataflow import kernel as kernel_for  # noqa: E402
 from ibert_ref.datapath import ExactDatapath, QTensor, make_datapath  # noqa: E402
 from ibert_ref.model import IBertModel  # noqa: E402
 from ibert_ref.quant import Dyadic  # noqa: E402
+
+
+class _AsTheModelRunsThem:
+    """``K.<kernel>(dp, ...)`` runs the kernel as the model does, through
+    :func:`ibert_ref.dataflow.kernel` (the compiled backend's replacement where it has one);
+    every other name (the ``*Params`` classes, constants) is :mod:`ibert_ref.kernels`'."""
+
+    REPLACEABLE = ("requantize", "quant_linear", "int_exp", "softmax_normalize", "int_gelu", "int_layernorm")
+
+    def __getattr__(self, name):
+        if name in self.REPLACEABLE:
+            return lambda dp, *args, **kwargs: kernel_for(dp, name)(dp, *args, **kwargs)
+        return getattr(kernels, name)
+
+
+K = _AsTheModelRunsThem()
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 INT_DTYPES = (np.int8, np.int16, np.int32, np.int64)
 ONE = np.ones(1, dtype=np.float32)
 
-REF = ExactDatapath(fast=False)
+REF = ExactDatapath()
 COMPILED = CompiledDatapath()
 COMPILED_BLAS = CompiledDatapath(gemm="blas")
 
@@ -540,7 +557,7 @@ def assert_same_traces(a, b):
 @pytest.mark.parametrize("gemm", [None, "blas"])
 def test_bundled_model_compiled_equals_reference_on_every_op(gemm):
     comp = IBertModel.from_checkpoint(_bundled(), datapath=CompiledDatapath(gemm=gemm))
-    ref = IBertModel.from_checkpoint(_bundled(), datapath=ExactDatapath(fast=False))
+    ref = IBertModel.from_checkpoint(_bundled(), datapath=ExactDatapath())
     numpy_fast = IBertModel.from_checkpoint(_bundled(), datapath="exact")
     rng = np.random.default_rng(0)
     ids = rng.integers(5, comp.config["vocab_size"], size=(3, 21))
@@ -574,7 +591,7 @@ def test_768_wide_model_compiled_equals_reference_on_every_op():
     }
     ckpt = S.make_numpy_checkpoint(config, seed=7, calib_batches=2, calib_len=16)
     comp = IBertModel.from_checkpoint(ckpt, backend="compiled")
-    ref = IBertModel.from_checkpoint(ckpt, datapath=ExactDatapath(fast=False))
+    ref = IBertModel.from_checkpoint(ckpt, datapath=ExactDatapath())
     rng = np.random.default_rng(1)
     ids = rng.integers(3, config["vocab_size"], size=(2, 30))
     mask = np.ones_like(ids)
@@ -602,7 +619,7 @@ def test_force_dequant_models_compiled_equal_reference(force_dequant):
     }
     ckpt = S.make_numpy_checkpoint(config, seed=3)
     comp = IBertModel.from_checkpoint(ckpt, backend="compiled")
-    ref = IBertModel.from_checkpoint(ckpt, datapath=ExactDatapath(fast=False))
+    ref = IBertModel.from_checkpoint(ckpt, datapath=ExactDatapath())
     ids = np.array([[0, 5, 6, 7, 8, 9, 2], [0, 11, 12, 2, 1, 1, 1]])
     mask = (ids != 1).astype(np.int64)
     kw = dict(attention_mask=mask, output_attentions=True)
@@ -621,7 +638,9 @@ def _bundled():
 # selection, census, errors
 def test_backend_selection_and_errors(monkeypatch):
     assert isinstance(make_datapath("exact", backend="compiled"), CompiledDatapath)
-    assert type(make_datapath("exact")) is ExactDatapath
+    from ibert_ref.backends.fast_numpy import FastExactDatapath
+
+    assert type(make_datapath("exact")) is FastExactDatapath  # the NumPy backend (default)
     with pytest.raises(ValueError, match="datapath='exact'"):
         make_datapath("transformers", backend="compiled")
     with pytest.raises(ValueError, match="unknown backend"):

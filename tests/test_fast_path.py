@@ -1,16 +1,17 @@
-"""The fast exact path computes the same integers as the reference exact path, op by op.
+"""The NumPy backend computes the same integers as the reference exact datapath, op by op.
 
-``ExactDatapath(fast=True)`` (the default) swaps in cheaper kernels — float BLAS GEMMs while
+``FastExactDatapath`` (``make_datapath("exact")``, :mod:`ibert_ref.backends.fast_numpy`)
+swaps in cheaper routes (:mod:`ibert_ref.backends.fast_intops`) — float BLAS GEMMs while
 every partial sum is an exactly representable integer, single-int64-product requantization,
-a square root that skips steps no input needs. Each is checked here against the plain
-reference it replaces (``intops.mul_shift_round``, ``intops.matmul_exact_reference`` = int64
-matmul, ``intops.isqrt_floor`` / ``math.isqrt``) on random and corner-case inputs, per
-tier/branch, then per datapath method, then on every traced op of a whole model.
+a square root that skips steps no input needs, two kernels replaced whole. Each is checked
+here against the plain reference it replaces (``intops.mul_shift_round``,
+``intops.matmul_exact_reference`` = int64 matmul, ``intops.isqrt_floor`` / ``math.isqrt``,
+the kernels of ``ibert_ref.kernels`` on ``ExactDatapath``) on random and corner-case inputs,
+per tier/branch, then per datapath method and kernel, then on every traced op of a whole model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
@@ -20,6 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ibert_ref import intops
+from ibert_ref.backends import fast_intops
+from ibert_ref.backends import fast_numpy
+from ibert_ref.backends.fast_numpy import FastExactDatapath
+from ibert_ref.dataflow import kernel as kernel_for
 from ibert_ref.datapath import ExactDatapath, QTensor, make_datapath
 from ibert_ref.model import IBertModel
 from ibert_ref.quant import Dyadic
@@ -57,14 +62,14 @@ m_st = st.integers(-(1 << 31), 1 << 31)
 @FAST
 @given(z=st.integers(-(1 << 31), 1 << 31), m=m_st, e=st.integers(1, 62), rounding=st.sampled_from(ROUNDINGS))
 def test_tier1_single_product_matches_big_integer_rounding(z, m, e, rounding):
-    out = intops._rounding_bias_add_shift(np.array([z], dtype=np.int64) * np.int64(m), np.int64(e), rounding)
+    out = fast_intops._rounding_bias_add_shift(np.array([z], dtype=np.int64) * np.int64(m), np.int64(e), rounding)
     assert int(out[0]) == reference_msr(z, m, e, rounding)
 
 
 @FAST
 @given(z=st.integers(-(1 << 46) + 1, (1 << 46) - 1), m=m_st, e=st.integers(17, 78), rounding=st.sampled_from(ROUNDINGS))
 def test_tier2_split_multiplier_matches_big_integer_rounding(z, m, e, rounding):
-    out = intops._mul_shift_round_split(np.array([z], dtype=np.int64), np.int64(m), np.int64(e), rounding)
+    out = fast_intops._mul_shift_round_split(np.array([z], dtype=np.int64), np.int64(m), np.int64(e), rounding)
     assert int(out[0]) == reference_msr(z, m, e, rounding)
 
 
@@ -80,7 +85,7 @@ def test_tier_f_float64_with_repair_matches_big_integer_rounding(z, m, e):
     if product >= (1 << 50) << e:
         return
     eps = float(product) * 2.0 ** -(e + 52)
-    out = intops._mul_shift_round_f64_repaired(np.array([z, -z, 0], dtype=np.int64), np.int64(m), np.int64(e), eps)
+    out = fast_intops._mul_shift_round_f64_repaired(np.array([z, -z, 0], dtype=np.int64), np.int64(m), np.int64(e), eps)
     assert [int(v) for v in out] == [reference_msr(z, m, e, "half_even"), reference_msr(-z, m, e, "half_even"), 0]
 
 
@@ -95,7 +100,7 @@ def test_tier_f_repairs_what_float64_gets_wrong():
     ref = intops.mul_shift_round(z, np.int64(m), np.int64(e))
     naive = np.rint(z.astype(np.float64) * np.ldexp(float(m), -e)).astype(np.int64)
     assert np.any(naive != ref)  # the float64 product alone is wrong here
-    assert_same(intops.mul_shift_round_fast(z, np.array([m]), np.array([e])), ref)
+    assert_same(fast_intops.mul_shift_round_fast(z, np.array([m]), np.array([e])), ref)
 
 
 @FAST
@@ -103,7 +108,7 @@ def test_tier_f_repairs_what_float64_gets_wrong():
 def test_rint_f64_to_i64_is_round_half_even(x):
     arr = np.array([x, -x, 0.5, 1.5, -2.5], dtype=np.float64)
     expect = np.rint(arr).astype(np.int64)
-    assert_same(intops.rint_f64_to_i64(arr.copy()), expect)
+    assert_same(fast_intops.rint_f64_to_i64(arr.copy()), expect)
 
 
 @st.composite
@@ -128,7 +133,7 @@ def test_fast_msr_exact_ties(case, rounding):
     z, m, e = case
     if abs(z) >= (1 << 62):
         return
-    fast = intops.mul_shift_round_fast(np.array([z]), np.array([m]), np.array([e]), rounding)
+    fast = fast_intops.mul_shift_round_fast(np.array([z]), np.array([m]), np.array([e]), rounding)
     ref = intops.mul_shift_round(np.array([z]), np.array([m]), np.array([e]), rounding)
     assert_same(fast, ref)
     assert int(fast[0]) == reference_msr(z, m, e, rounding) or abs(reference_msr(z, m, e, rounding)) > (1 << 62)
@@ -152,7 +157,7 @@ def test_fast_msr_equals_reference_on_arrays(bits, e, signed_m, rounding, seed):
     if signed_m:
         m[::2] *= -1
     e_c = np.clip(e + rng.integers(-3, 4, size=5), 0, None).astype(np.int64)
-    assert_same(intops.mul_shift_round_fast(z, m, e_c, rounding), intops.mul_shift_round(z, m, e_c, rounding))
+    assert_same(fast_intops.mul_shift_round_fast(z, m, e_c, rounding), intops.mul_shift_round(z, m, e_c, rounding))
 
 
 @pytest.mark.parametrize("rounding", ROUNDINGS)
@@ -162,7 +167,7 @@ def test_fast_msr_blocked_schedule_mixes_tiers_and_writes_in_place(rounding):
     (float64 tier 0, tier F with repairs, int64 tiers, limbs). Same integers as the reference."""
     rng = np.random.default_rng(7)
     cols = 512
-    rows_per_block = intops.BLOCK_ELEMS // cols
+    rows_per_block = fast_intops.BLOCK_ELEMS // cols
     widths = [8, 40, 20, 46, 61, 24]  # one width per block
     z = np.concatenate(
         [rng.integers(-(1 << w), 1 << w, size=(rows_per_block, cols), dtype=np.int64) for w in widths]
@@ -174,7 +179,7 @@ def test_fast_msr_blocked_schedule_mixes_tiers_and_writes_in_place(rounding):
     for e in (3, 33, 45):
         e_c = np.full(cols, e, dtype=np.int64)
         e_c[::5] += 1
-        assert_same(intops.mul_shift_round_fast(z, m, e_c, rounding), intops.mul_shift_round(z, m, e_c, rounding))
+        assert_same(fast_intops.mul_shift_round_fast(z, m, e_c, rounding), intops.mul_shift_round(z, m, e_c, rounding))
 
 
 def test_fast_msr_per_element_shift_like_softmax():
@@ -184,7 +189,7 @@ def test_fast_msr_per_element_shift_like_softmax():
     m = np.array([1_500_000_000], dtype=np.int64)
     e = rng.integers(20, 75, size=z.shape, dtype=np.int64)
     for rounding in ROUNDINGS:
-        assert_same(intops.mul_shift_round_fast(z, m, e, rounding), intops.mul_shift_round(z, m, e, rounding))
+        assert_same(fast_intops.mul_shift_round_fast(z, m, e, rounding), intops.mul_shift_round(z, m, e, rounding))
 
 
 @pytest.mark.parametrize(
@@ -196,7 +201,7 @@ def test_fast_msr_per_element_shift_like_softmax():
     ],
 )
 def test_fast_msr_rejects_what_the_reference_rejects(z, m, e, exc):
-    for f in (intops.mul_shift_round, intops.mul_shift_round_fast):
+    for f in (intops.mul_shift_round, fast_intops.mul_shift_round_fast):
         with pytest.raises(exc):
             f(np.array(z), np.array(m), np.array(e))
 
@@ -207,7 +212,7 @@ def test_fast_msr_rejects_what_the_reference_rejects(z, m, e, exc):
 @given(n=st.one_of(st.integers(0, (1 << 62) - 1), st.integers(0, 1 << 20), st.integers(1, 1 << 31).map(lambda r: r * r - 1)))
 def test_isqrt_fast_equals_math_isqrt(n):
     arr = np.array([n, 0, 1, n // 3], dtype=np.int64)
-    fast = intops.isqrt_floor_fast(arr)
+    fast = fast_intops.isqrt_floor_fast(arr)
     assert_same(fast, intops.isqrt_floor(arr))
     assert [int(v) for v in fast] == [math.isqrt(int(v)) for v in arr]
 
@@ -217,17 +222,17 @@ def test_isqrt_fast_on_squares_and_neighbours():
     r = r[r * r < (1 << 62)]
     n = np.concatenate([r * r, r * r - 1, r * r + 1, r * r + 2 * r])  # k^2 - 1, k^2, k^2 + 1, (k + 1)^2 - 1
     n = n[(n >= 0) & (n < (1 << 62))].astype(np.int64)
-    fast = intops.isqrt_floor_fast(n)
+    fast = fast_intops.isqrt_floor_fast(n)
     assert [int(v) for v in fast] == [math.isqrt(int(v)) for v in n]
     assert_same(fast, intops.isqrt_floor(n))
 
 
 def test_isqrt_fast_all_zero_and_errors():
-    assert_same(intops.isqrt_floor_fast(np.zeros((2, 3), dtype=np.int64)), np.zeros((2, 3), dtype=np.int64))
+    assert_same(fast_intops.isqrt_floor_fast(np.zeros((2, 3), dtype=np.int64)), np.zeros((2, 3), dtype=np.int64))
     with pytest.raises(ValueError):
-        intops.isqrt_floor_fast(np.array([-1]))
+        fast_intops.isqrt_floor_fast(np.array([-1]))
     with pytest.raises(OverflowError):
-        intops.isqrt_floor_fast(np.array([1 << 62]))
+        fast_intops.isqrt_floor_fast(np.array([1 << 62]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,7 +258,7 @@ def test_matmul_exact_equals_int64_matmul(k, a_bits, b_bits, branch):
         b[:, 0] = -128
     else:
         b = rng.integers(-(1 << (b_bits - 1)), 1 << (b_bits - 1), size=(k, 11), dtype=np.int64)
-    assert_same(intops.matmul_exact(a, b), intops.matmul_exact_reference(a, b))
+    assert_same(fast_intops.matmul_exact(a, b), intops.matmul_exact_reference(a, b))
 
 
 @pytest.mark.parametrize("k, add_bits", [(768, 31), (3072, 31), (300, 52), (768, 62)])
@@ -264,7 +269,7 @@ def test_matmul_exact_with_bias_equals_int64(k, add_bits):
     b = rng.integers(-128, 128, size=(5, k)).astype(np.int8).T
     bias = rng.integers(-(1 << add_bits), 1 << add_bits, size=5, dtype=np.int64)
     bias[0] = (1 << add_bits) - 1
-    assert_same(intops.matmul_exact(a, b, add_int=bias), intops.matmul_exact_reference(a, b) + bias)
+    assert_same(fast_intops.matmul_exact(a, b, add_int=bias), intops.matmul_exact_reference(a, b) + bias)
 
 
 @pytest.mark.parametrize("k, add_bits", [(16, 8), (768, 20), (1000, 18), (1024, 1)])
@@ -281,16 +286,16 @@ def test_matmul_exact_small_bias_fused_in_float32(k, add_bits):
     if limit > 0:
         bias[0], bias[1] = limit, -limit  # sum exactly 2^24 at the extreme row
     ref = intops.matmul_exact_reference(a, b) + bias
-    assert_same(intops.matmul_exact(a, b, add_int=bias), ref)
-    assert_same(intops.matmul_exact(a, b, add_int=bias.reshape(1, 6)), ref)  # broadcast bias
+    assert_same(fast_intops.matmul_exact(a, b, add_int=bias), ref)
+    assert_same(fast_intops.matmul_exact(a, b, add_int=bias.reshape(1, 6)), ref)  # broadcast bias
     # an add that widens the result's shape takes the general path, same integers
     wide = rng.integers(-100, 100, size=(3, 1, 1, 6), dtype=np.int64)
-    assert_same(intops.matmul_exact(a, b, add_int=wide), intops.matmul_exact_reference(a, b) + wide)
+    assert_same(fast_intops.matmul_exact(a, b, add_int=wide), intops.matmul_exact_reference(a, b) + wide)
     # a bias one past the float32 limit takes the float64 path, same integers
     if limit > 0:
         over = bias.copy()
         over[0] = limit + 1
-        assert_same(intops.matmul_exact(a, b, add_int=over), intops.matmul_exact_reference(a, b) + over)
+        assert_same(fast_intops.matmul_exact(a, b, add_int=over), intops.matmul_exact_reference(a, b) + over)
 
 
 def test_matmul_chunks_are_needed():
@@ -301,25 +306,27 @@ def test_matmul_chunks_are_needed():
     exact = intops.matmul_exact_reference(a, b)
     naive = (a.astype(np.float32) @ b.astype(np.float32)).astype(np.int64)
     assert np.any(naive != exact)
-    assert_same(intops.matmul_exact(a, b), exact)
+    assert_same(fast_intops.matmul_exact(a, b), exact)
 
 
 def test_matmul_exact_overflow_is_an_error():
     a = np.full((1, 4), 1 << 40, dtype=np.int64)
     b = np.full((4, 1), 1 << 30, dtype=np.int64)
-    for f in (intops.matmul_exact, intops.matmul_exact_reference):
+    for f in (fast_intops.matmul_exact, intops.matmul_exact_reference):
         with pytest.raises(OverflowError):
             f(a, b)
 
 
 # ---------------------------------------------------------------------------------------
-# ExactDatapath(fast=True) vs ExactDatapath(fast=False), method by method.
-FAST_DP, REF_DP = ExactDatapath(fast=True), ExactDatapath(fast=False)
+# FastExactDatapath vs ExactDatapath (the reference), method by method.
+FAST_DP, REF_DP = FastExactDatapath(), ExactDatapath()
 
 
 def test_make_datapath_exact_is_fast_by_default_and_reference_on_request():
-    assert make_datapath("exact").fast is True
-    assert make_datapath("exact", fast=False).fast is False
+    assert type(make_datapath("exact")) is FastExactDatapath and make_datapath("exact").fast is True
+    assert type(make_datapath("exact", fast=False)) is ExactDatapath and make_datapath("exact", fast=False).fast is False
+    with pytest.raises(ValueError, match="fast=False"):
+        make_datapath("exact", backend="compiled", fast=False)
 
 
 @FAST
@@ -407,29 +414,35 @@ def test_int_gelu_blocked_variant_equals_kernel(seed, x_bits, per_channel, rows)
     x_i64[1, :n] = -b_int  # at the clip point, and one past it
     x_i64[2, :n] = -b_int + 1
     x = QTensor(x_i64, np.float32([1e-3]))
-    assert FAST_DP.variant_kernel("int_gelu") is not None and REF_DP.variant_kernel("int_gelu") is None
-    fast, ref = kernels.int_gelu(FAST_DP, x, p), kernels.int_gelu(REF_DP, x, p)
+    gelu_fast = kernel_for(FAST_DP, "int_gelu")
+    assert gelu_fast is fast_numpy.int_gelu_blocked and kernel_for(REF_DP, "int_gelu") is kernels.int_gelu
+    fast, ref = gelu_fast(FAST_DP, x, p), kernels.int_gelu(REF_DP, x, p)
     assert_same(fast.data, ref.data)
     np.testing.assert_array_equal(fast.scale, ref.scale)
     # inputs the variant does not take (int32 data, 2-D constants) go through the kernel itself
     x32 = QTensor(x_i64[:2].astype(np.int32) >> 8, x.scale)
-    np.testing.assert_array_equal(kernels.int_gelu(FAST_DP, x32, p).data, kernels.int_gelu(REF_DP, x32, p).data)
+    np.testing.assert_array_equal(gelu_fast(FAST_DP, x32, p).data, kernels.int_gelu(REF_DP, x32, p).data)
     p2 = kernels.GeluParams(np.tile(p.b_int, (rows, 1)), p.c_int, p.one, p.out_scale)
-    assert_same(kernels.int_gelu(FAST_DP, x, p2).data, ref.data)
+    assert_same(gelu_fast(FAST_DP, x, p2).data, ref.data)
 
 
-def test_int_gelu_variant_steps_aside_for_a_width_census():
-    dp = ExactDatapath()
+def test_replacement_kernels_step_aside_for_a_width_census():
+    from ibert_ref import kernels
+
+    dp = FastExactDatapath()
+    assert dp.replacement_kernel("int_gelu") is not None and dp.replacement_kernel("requantize") is not None
     dp.oplog = object()  # any census: the kernel's own code must run (it reports intermediates)
-    assert dp.variant_kernel("int_gelu") is None
-    assert ExactDatapath().variant_kernel("int_exp") is None
+    assert dp.replacement_kernel("int_gelu") is None and kernel_for(dp, "int_gelu") is kernels.int_gelu
+    assert dp.replacement_kernel("requantize") is None
+    assert FastExactDatapath().replacement_kernel("int_exp") is None
+    assert all(ExactDatapath().replacement_kernel(k) is None for k in ("int_gelu", "requantize", "int_exp"))
 
 
 # ---------------------------------------------------------------------------------------
 # Whole model: every traced op, fast vs reference.
 def test_bundled_model_fast_equals_reference_on_every_op():
-    fast = IBertModel.from_pretrained(datapath=ExactDatapath(fast=True))
-    ref = IBertModel.from_pretrained(datapath=ExactDatapath(fast=False))
+    fast = IBertModel.from_pretrained(datapath=FastExactDatapath())
+    ref = IBertModel.from_pretrained(datapath=ExactDatapath())
     rng = np.random.default_rng(0)
     vocab = fast.config["vocab_size"]
     ids = rng.integers(5, vocab, size=(3, 21))
@@ -446,103 +459,36 @@ def test_bundled_model_fast_equals_reference_on_every_op():
     np.testing.assert_array_equal(out_fast.last_hidden_state_int, out_ref.last_hidden_state_int)
 
 
-@pytest.mark.parametrize("threads, block_elems, parallel_min", [(1, 200, 1 << 15), (2, 200, 1 << 15), (2, 1 << 17, 64)])
-def test_row_blocked_kernels_equal_reference_on_every_op(monkeypatch, threads, block_elems, parallel_min):
-    """Row-local kernels (requantize, int_exp, softmax_normalize, int_gelu, int_layernorm) run
-    on row blocks, on 1 or 2 threads: tiny blocks force many of them (several per tensor, a
-    last one shorter), or one block per thread. Same integers as the reference path at every
-    traced op."""
-    import ibert_ref.datapath as datapath_mod
+@pytest.mark.parametrize("block_elems", [200, 4096])
+def test_blocked_schedule_equals_reference_on_every_op(monkeypatch, block_elems):
+    """Small blocks force the row-block schedule of the fast routes (:func:`fast_intops.blockwise`
+    in requantization, the softmax exponent, the GEMM casts; IntGELU's in-place blocks) on
+    every op of a whole model: several blocks per tensor, a last one shorter. The same
+    integers, and the same integer types, as the reference at every traced op."""
+    blocks = [0]
+    real_blockwise = fast_intops.blockwise
 
-    calls = []
-    real = datapath_mod.run_row_blocks
+    def counting_blockwise(kernel, shape, operands, dtype=np.int64, into=False):
+        size = int(np.prod(shape)) if len(shape) else 1
+        if len(shape) >= 2 and shape[-1] and size > fast_intops.WHOLE_MAX_ELEMS:
+            blocks[0] += -(-size // shape[-1] // max(1, fast_intops.BLOCK_ELEMS // shape[-1]))
+        return real_blockwise(kernel, shape, operands, dtype=dtype, into=into)
 
-    def spy(dp, kernel, args, kwargs):
-        calls.append(kernel.__name__)
-        return real(dp, kernel, args, kwargs)
-
-    monkeypatch.setattr(datapath_mod, "run_row_blocks", spy)
-    blocks_run = [0]
-    real_run_blocks = intops.run_blocks
-
-    def count_blocks(fn, n_blocks):
-        blocks_run[0] += n_blocks
-        return real_run_blocks(fn, n_blocks)
-
-    monkeypatch.setattr(intops, "run_blocks", count_blocks)
-    monkeypatch.setattr(intops, "BLOCK_ELEMS", block_elems)
-    monkeypatch.setattr(intops, "WHOLE_MAX_ELEMS", 2 * min(block_elems, 200))
-    monkeypatch.setattr(intops, "PARALLEL_MIN_ELEMS", parallel_min)
-    old_threads = intops.get_num_threads()
-    intops.set_num_threads(threads)
-    try:
-        fast = IBertModel.from_pretrained(datapath=ExactDatapath(fast=True))
-        ref = IBertModel.from_pretrained(datapath=ExactDatapath(fast=False))
-        rng = np.random.default_rng(3)
-        ids = rng.integers(5, fast.config["vocab_size"], size=(2, 37))
-        mask = np.ones_like(ids)
-        mask[1, 30:] = 0
-        out_fast = fast(ids, attention_mask=mask, return_trace=True)
-        out_ref = ref(ids, attention_mask=mask, return_trace=True)
-    finally:
-        intops.set_num_threads(old_threads)
-    assert {"requantize", "int_exp", "softmax_normalize", "int_gelu", "int_layernorm"} <= set(calls)
-    assert blocks_run[0] > 3 * len(calls)  # the kernels did run on many row blocks
+    monkeypatch.setattr(fast_intops, "BLOCK_ELEMS", block_elems)
+    monkeypatch.setattr(fast_intops, "WHOLE_MAX_ELEMS", 2 * block_elems)
+    monkeypatch.setattr(fast_intops, "blockwise", counting_blockwise)
+    fast = IBertModel.from_pretrained(datapath=FastExactDatapath())
+    ref = IBertModel.from_pretrained(datapath=ExactDatapath())
+    rng = np.random.default_rng(3)
+    ids = rng.integers(5, fast.config["vocab_size"], size=(2, 37))
+    mask = np.ones_like(ids)
+    mask[1, 30:] = 0
+    out_fast = fast(ids, attention_mask=mask, return_trace=True)
+    out_ref = ref(ids, attention_mask=mask, return_trace=True)
+    assert blocks[0] > 10  # the fast routes did run on many row blocks
     for name in out_ref.trace:
         np.testing.assert_array_equal(out_fast.trace[name], out_ref.trace[name], err_msg=name)
         assert out_fast.trace[name].dtype == out_ref.trace[name].dtype, name
-
-
-def test_row_blocks_fall_back_to_one_call_and_keep_the_first_error(monkeypatch):
-    """Arguments with rows in a parameter, or disagreeing leading axes, take the whole call;
-    an error raised by a block is the one the serial run raises first."""
-    import ibert_ref.datapath as datapath_mod
-    from ibert_ref import kernels
-
-    monkeypatch.setattr(intops, "BLOCK_ELEMS", 16)
-    monkeypatch.setattr(intops, "WHOLE_MAX_ELEMS", 32)
-    seen = []
-
-    def kernel(dp, x, p):
-        seen.append(x.data.shape)
-        if np.any(x.data < 0):
-            raise OverflowError(f"negative in rows starting {int(x.data[0, 0])}")
-        return QTensor(x.data + p, x.scale)
-
-    x = QTensor(np.arange(400, dtype=np.int64).reshape(100, 4), np.float32([1.0]))
-    out = datapath_mod.run_row_blocks(FAST_DP, kernel, (x, np.int64(1)), {})
-    np.testing.assert_array_equal(out.data, x.data + 1)
-    assert len(seen) == 25  # 4 rows per block
-    seen.clear()
-    out = datapath_mod.run_row_blocks(FAST_DP, kernel, (x, np.ones((100, 4), dtype=np.int64)), {})
-    assert len(seen) == 25  # an array argument with the same rows is cut with x
-    np.testing.assert_array_equal(out.data, x.data + 1)
-
-    @dataclasses.dataclass
-    class Params:
-        one: np.ndarray
-
-    seen.clear()
-
-    def kernel_p(dp, x, p):
-        return kernel(dp, x, p.one)
-
-    out = datapath_mod.run_row_blocks(FAST_DP, kernel_p, (x, Params(np.ones((100, 4), dtype=np.int64))), {})
-    assert seen == [(100, 4)]  # a parameter with rows: one whole call
-    np.testing.assert_array_equal(out.data, x.data + 1)
-    seen.clear()
-    datapath_mod.run_row_blocks(FAST_DP, kernel_p, (x, Params(np.ones((1, 4), dtype=np.int64))), {})
-    assert len(seen) == 25  # per-channel: cut
-    bad = QTensor(x.data.copy(), x.scale)
-    bad.data[[40, 80]] *= -1
-    old = intops.get_num_threads()
-    intops.set_num_threads(2)
-    try:
-        with pytest.raises(OverflowError, match="starting -160"):
-            datapath_mod.run_row_blocks(FAST_DP, kernel, (bad, np.int64(0)), {})
-    finally:
-        intops.set_num_threads(old)
-    assert kernels.requantize.row_local and kernels.int_exp.row_local
 
 
 @FAST
@@ -570,14 +516,17 @@ def test_requantize_float64_variant_equals_reference(seed, z_bits, bits, with_id
     x = QTensor(z, np.float32([1e-4]))
     ident = QTensor(rng.integers(-128, 128, size=(4, c)).astype(np.int8), np.float32([1e-2])) if with_identity else None
     ref = kernels.requantize(REF_DP, x, p, identity=None if ident is None else QTensor(ident.data.astype(np.int64), ident.scale))
-    fast = kernels.requantize(FAST_DP, x, p, identity=ident)
-    np.testing.assert_array_equal(fast.data, ref.data)
-    variant = FAST_DP.variant_kernel("requantize")(FAST_DP, x, p, ident)
+    fast_methods = kernels.requantize(FAST_DP, x, p, identity=ident)  # the kernel on the fast datapath methods
+    np.testing.assert_array_equal(fast_methods.data, ref.data)
+    assert kernel_for(FAST_DP, "requantize") is fast_numpy.requantize_f64
+    variant = fast_numpy.requantize_f64(FAST_DP, x, p, ident)
+    np.testing.assert_array_equal(variant.data, ref.data)
+    assert variant.data.dtype == {8: np.int8, 16: np.int16, 22: np.int32}[bits]
+    in_f64 = fast_numpy._requantize_sum_f64(FAST_DP, x, p, ident)
     if z_bits + 31 < 53:
-        assert variant is not None and variant.data.dtype == {8: np.int8, 16: np.int16, 22: np.int32}[bits]
-        np.testing.assert_array_equal(variant.data, ref.data)
+        assert in_f64 is not None  # every product exact in float64: the float64 route ran
     elif z_bits >= 40:
-        assert variant is None  # max|z| * max|m| >= 2^53: the kernel's own tiers run
+        assert in_f64 is None  # max|z| * max|m| >= 2^53: the kernel's own tiers run
 
 
 def test_requantize_float64_variant_rounds_ties_to_even():
@@ -587,36 +536,12 @@ def test_requantize_float64_variant_rounds_ties_to_even():
     half = Dyadic(m=np.array([1 << 30], dtype=np.int64), e=np.array([31], dtype=np.int64))
     p = kernels.RequantParams(bits=8, dy=half, dy_identity=half, out_scale=np.float32([1.0]))
     x = QTensor(z, np.float32([1.0]))
-    out = FAST_DP.variant_kernel("requantize")(FAST_DP, x, p, None)
+    assert fast_numpy._requantize_sum_f64(FAST_DP, x, p, None) is not None  # the float64 route
+    out = fast_numpy.requantize_f64(FAST_DP, x, p, None)
     np.testing.assert_array_equal(out.data, np.rint(z / 2))
-    both = FAST_DP.variant_kernel("requantize")(FAST_DP, x, p, QTensor(z.astype(np.int8), x.scale))
+    both = fast_numpy.requantize_f64(FAST_DP, x, p, QTensor(z.astype(np.int8), x.scale))
     np.testing.assert_array_equal(both.data, 2 * np.rint(z / 2))
     np.testing.assert_array_equal(both.data, kernels.requantize(REF_DP, x, p, identity=x).data)
-
-
-def test_row_blocks_of_different_result_types(monkeypatch):
-    """A later block may come out narrower (cast into the result) or wider (the op is then run
-    whole): the integers never depend on the blocking."""
-    import ibert_ref.datapath as datapath_mod
-
-    monkeypatch.setattr(intops, "BLOCK_ELEMS", 16)
-    monkeypatch.setattr(intops, "WHOLE_MAX_ELEMS", 32)
-
-    def kernel(dp, x):
-        wide = int(np.abs(x.data).max()) > 127  # a kernel whose type depends on its values
-        return QTensor(x.data.astype(np.int64 if wide else np.int8), x.scale)
-
-    for big_row in (0, 90):  # the first block wide, then later blocks narrower; or the reverse
-        data = np.full((100, 4), 3, dtype=np.int64)
-        data[big_row] = 1000
-        out = datapath_mod.run_row_blocks(FAST_DP, kernel, (QTensor(data, np.float32([1.0])),), {})
-        np.testing.assert_array_equal(out.data, data)
-        assert out.data.dtype == np.int64
-
-
-def test_set_num_threads_validates():
-    with pytest.raises(ValueError):
-        intops.set_num_threads(0)
 
 
 def test_exp_requantize_negative_shift_is_an_error_on_both_paths():

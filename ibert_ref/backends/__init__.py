@@ -1,8 +1,11 @@
 """Execution backends of the exact datapath.
 
 ``"numpy"`` (default)
-    :class:`~ibert_ref.datapath.ExactDatapath`: the I-BERT kernels of :mod:`ibert_ref.kernels`
-    on NumPy arrays (fast exact paths of :mod:`ibert_ref.intops`), nothing but NumPy needed.
+    :class:`ibert_ref.backends.fast_numpy.FastExactDatapath`: the I-BERT kernels of
+    :mod:`ibert_ref.kernels` on NumPy arrays, with the fast exact routes of
+    :mod:`ibert_ref.backends.fast_intops` (float BLAS and float64 where proven exact);
+    nothing but NumPy needed. ``fast=False`` gives the reference itself,
+    :class:`~ibert_ref.datapath.ExactDatapath` (pure integer NumPy, slow).
 
 ``"compiled"``
     :class:`ibert_ref.backends.compiled.CompiledDatapath`: the same integers, op for op, from
@@ -23,12 +26,21 @@ def compiled_available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def make_exact_datapath(backend: str = "numpy", **kwargs):
-    """The exact datapath on ``backend`` (``"numpy"`` or ``"compiled"``)."""
+def make_exact_datapath(backend: str = "numpy", fast: bool = True, **kwargs):
+    """The exact datapath on ``backend`` (``"numpy"`` or ``"compiled"``); ``fast=False``
+    (NumPy only): the reference :class:`~ibert_ref.datapath.ExactDatapath` itself."""
     if backend == "numpy":
-        from ..datapath import ExactDatapath  # noqa: PLC0415
+        if kwargs:
+            raise TypeError(f"the numpy backend takes no options, got {sorted(kwargs)}")
+        if not fast:
+            from ..datapath import ExactDatapath  # noqa: PLC0415
 
-        return ExactDatapath(**kwargs)
+            return ExactDatapath()
+        from .fast_numpy import FastExactDatapath  # noqa: PLC0415
+
+        return FastExactDatapath()
+    if not fast:
+        raise ValueError(f"fast=False is the NumPy reference; it does not apply to backend={backend!r}")
     if backend == "compiled":
         if not compiled_available():
             raise ImportError(

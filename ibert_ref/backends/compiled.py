@@ -2,12 +2,12 @@
 
 ``IBertModel.from_pretrained(..., backend="compiled")`` (or ``make_datapath("exact",
 backend="compiled")``) builds a :class:`CompiledDatapath`. It is an
-:class:`~ibert_ref.datapath.ExactDatapath` — same constants, same int8 resident weights, same
+:class:`~ibert_ref.backends.fast_numpy.FastExactDatapath` — same constants, same int8 resident weights, same
 integers at every op — whose expensive steps run elsewhere:
 
 * the row-local kernels of :mod:`ibert_ref.kernels` (requantize with or without residual, i-exp
   with its 16-bit requantization, the softmax normalisation, IntGELU, IntLayerNorm) are replaced,
-  through :meth:`CompiledDatapath.compiled_kernel`, by the one-pass kernels of
+  through :meth:`CompiledDatapath.replacement_kernel`, by the one-pass kernels of
   :mod:`ibert_ref.backends.compiled_kernels`, rows in parallel (numba ``prange``);
 * QuantLinear is an exact int8 x int8 -> int32 GEMM (:mod:`ibert_ref.backends.int_gemm`:
   ``torch._int_mm`` after an exactness self-check, else float32 BLAS in exact chunks); its bias
@@ -20,7 +20,7 @@ integers at every op — whose expensive steps run elsewhere:
 
 Whenever an input falls outside what a compiled kernel handles (an unexpected dtype or layout,
 a constant that is not per tensor / per channel, a value where the reference raises), the NumPy
-exact kernel runs instead, so results and errors are the reference's. While a width census
+backend's kernel runs instead, so results and errors are the reference's. While a width census
 collects (``oplog`` set) everything runs on NumPy, so the kernels' own code reports its
 intermediates. Hardware profiles (:mod:`ibert_ref.hardware.profiles`) do not use this backend:
 they model their own registers (wrapping, saturating) and record overflow per op on whole
@@ -43,8 +43,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 
 from .. import intops  # noqa: E402
-from ..datapath import ExactDatapath, QTensor  # noqa: E402
+from .. import kernels as K  # noqa: E402
+from ..datapath import QTensor  # noqa: E402
 from . import compiled_kernels as _kernels  # noqa: E402
+from . import fast_intops as F  # noqa: E402
+from .fast_numpy import FastExactDatapath  # noqa: E402
 from .int_gemm import TorchIntGemm, choose_gemm  # noqa: E402
 
 I64 = np.int64
@@ -128,6 +131,21 @@ def _numba_threads() -> int:
     import numba  # noqa: PLC0415
 
     return ck.full if ck.full is not None else numba.get_num_threads()
+
+
+def kernel_threads_from_env():
+    """``IBERT_REF_NUM_THREADS``: the compiled kernels' thread count (a positive integer), or
+    None when unset (numba's default: one per core). ValueError on anything else."""
+    env = os.environ.get("IBERT_REF_NUM_THREADS")
+    if not env:
+        return None
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"IBERT_REF_NUM_THREADS must be a positive integer, got {env!r}")
+    return n
 
 
 def _scalar(v):
@@ -247,8 +265,8 @@ class DeferredLayerNorm(_Deferred):
         return out
 
 
-class CompiledDatapath(ExactDatapath):
-    """:class:`~ibert_ref.datapath.ExactDatapath` on compiled kernels (see the module docstring).
+class CompiledDatapath(FastExactDatapath):
+    """The exact datapath on compiled kernels (see the module docstring).
 
     ``gemm``: ``None`` (``torch._int_mm`` if available and exact, else float32 BLAS),
     ``"torch"`` or ``"blas"`` (or the environment variable ``IBERT_REF_INT_GEMM``). Threads:
@@ -259,16 +277,17 @@ class CompiledDatapath(ExactDatapath):
     backend = "compiled"
 
     def __init__(self, gemm=None):
-        super().__init__(fast=True)
-        threads = os.environ.get("IBERT_REF_NUM_THREADS")
-        if threads:  # the kernels' threads (numba); default: one per core
+        super().__init__()
+        threads = kernel_threads_from_env()
+        if threads is not None:  # the kernels' threads (numba); default: one per core
             import numba  # noqa: PLC0415
 
-            numba.set_num_threads(min(intops.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
             ck.full = None  # re-read
         self.int_gemm = choose_gemm(gemm)
         self._torch = self.int_gemm.torch if isinstance(self.int_gemm, TorchIntGemm) else None
         self._vectors = {}
+        self._replacements = {}
         self._kernels = {
             "quant_linear": self._quant_linear,
             "requantize": self._requantize,
@@ -281,13 +300,32 @@ class CompiledDatapath(ExactDatapath):
     def __repr__(self):
         return f"CompiledDatapath(gemm={self.int_gemm.name!r})"
 
-    # ---- the hook the kernels call ----------------------------------------------------
+    # ---- the kernels this backend replaces ------------------------------------------------
     def compiled_kernel(self, name: str):
-        """The compiled replacement of kernel ``name`` (``fn(dp, *args)`` returning the kernel's
-        result, or None to let the NumPy kernel run), or None. None while a census collects."""
+        """The compiled one-pass kernel for ``name`` (``fn(dp, *args)`` returning the kernel's
+        result, or None where its input is outside what it handles), or None. None while a
+        census collects."""
         if self.oplog is not None:
             return None
         return self._kernels.get(name)
+
+    def replacement_kernel(self, name: str):
+        """Kernel ``name`` for :func:`ibert_ref.dataflow.kernel`: the compiled kernel, falling
+        back (where it returns None) to the NumPy backend's route (its replacement, else the
+        kernel of :mod:`ibert_ref.kernels`). While a census collects: the NumPy kernels."""
+        compiled = self.compiled_kernel(name)
+        if compiled is None:
+            return super().replacement_kernel(name)
+        run = self._replacements.get(name)
+        if run is None:
+            fallback = super().replacement_kernel(name) or getattr(K, name)
+
+            def run(dp, *args, **kwargs):
+                out = compiled(dp, *args, **kwargs)
+                return fallback(dp, *args, **kwargs) if out is None else out
+
+            self._replacements[name] = run
+        return run
 
     # ---- per-channel constants --------------------------------------------------------
     def _vector(self, v, cols: int):
@@ -601,7 +639,7 @@ class CompiledDatapath(ExactDatapath):
             return super().attention_scores(q, k, num_heads, mask, score_scale_f32)
         b, t, h = qd.shape
         hd = h // num_heads
-        if hd * intops.abs_bound(qd) * intops.abs_bound(kd) > intops.F32_EXACT_INT:
+        if hd * intops.abs_bound(qd) * intops.abs_bound(kd) > F.F32_EXACT_INT:
             return super().attention_scores(q, k, num_heads, mask, score_scale_f32)
         qf, kf = self._heads_f32(qd, num_heads), self._heads_f32(kd, num_heads)
         s = self._f32_matmul(qf, kf.transpose(-1, -2) if self._torch is not None else kf.transpose(0, 1, 3, 2))
@@ -649,7 +687,7 @@ class CompiledDatapath(ExactDatapath):
         if self.oplog is not None or pd.ndim != 4 or vd.ndim != 3 or pd.size == 0 or pd.dtype not in _INTS:
             return super().attention_context(p, v, num_heads, scale_f32)
         b, nh, t, _ = pd.shape
-        if pd.shape[-1] * intops.abs_bound(pd) * intops.abs_bound(vd) > intops.F32_EXACT_INT:
+        if pd.shape[-1] * intops.abs_bound(pd) * intops.abs_bound(vd) > F.F32_EXACT_INT:
             return super().attention_context(p, v, num_heads, scale_f32)
         if self._torch is not None:
             pf = self._torch.from_numpy(np.ascontiguousarray(pd)).float()

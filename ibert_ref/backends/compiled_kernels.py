@@ -112,7 +112,7 @@ def msr_rne(z, m, e):
 @njit(cache=True, inline="always")
 def isqrt_i64(n):
     """``floor(sqrt(n))`` for int64 ``0 <= n < 2^62`` (caller-checked), as
-    :func:`ibert_ref.intops.isqrt_floor_fast`: ``r = int(sqrt(float64(n)))`` is within 1 of the
+    :func:`ibert_ref.backends.fast_intops.isqrt_floor_fast`: ``r = int(sqrt(float64(n)))`` is within 1 of the
     root (two roundings of relative error <= 2^-53 on a root below 2^31), then
     ``r -= [r^2 > n]`` and ``r += [(r + 1)^2 <= n]``, exact in int64."""
     r = np.int64(np.sqrt(np.float64(n)))

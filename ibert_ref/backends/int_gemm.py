@@ -5,7 +5,7 @@ Candidates (measured in benchmarks/README.md, "Choosing the integer GEMM"):
 ``torch``  ``torch._int_mm`` (oneDNN / FBGEMM s8 x s8 -> s32 on CPU: VNNI ``vpdpbusd`` or AMX
            tiles, exact int32 accumulation) — about twice the float32 BLAS rate with VNNI and
            several times it with AMX-INT8. Needs torch (the ``verify`` extra).
-``blas``   float32 BLAS in exact K-chunks, :func:`ibert_ref.intops.matmul_exact` (the NumPy
+``blas``   float32 BLAS in exact K-chunks, :func:`ibert_ref.backends.fast_intops.matmul_exact` (the NumPy
            backend's GEMM): every partial sum an integer below 2^24. Needs nothing but NumPy.
 
 A library int8 kernel is trusted only after :func:`self_check` has reproduced, bit for bit,
@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from .. import intops
+from . import fast_intops
 
 #: Environment override of the GEMM choice: ``torch`` or ``blas``.
 GEMM_ENV = "IBERT_REF_INT_GEMM"
@@ -62,13 +62,13 @@ def reference_int_matmul(a, b) -> np.ndarray:
 
 
 class BlasGemm:
-    """int8 x int8 on float32 BLAS in exact K-chunks (:func:`ibert_ref.intops.matmul_exact`)."""
+    """int8 x int8 on float32 BLAS in exact K-chunks (:func:`ibert_ref.backends.fast_intops.matmul_exact`)."""
 
     name = "blas"
 
     def matmul_i8(self, x_i8: np.ndarray, w_t_i8: np.ndarray) -> np.ndarray:
         """``x (M, K) @ w_t (K, N)`` exactly: int32 when one float32 GEMM suffices (K <= 1024), else int64."""
-        return intops.matmul_exact(x_i8, w_t_i8, narrow=True)
+        return fast_intops.matmul_exact(x_i8, w_t_i8, narrow=True)
 
 
 class TorchIntGemm:

@@ -174,7 +174,7 @@ class IBertRefSystem:
         if datapath == "exact-compiled":
             self.model = IBertModel.from_pretrained(model_path, datapath="exact", backend="compiled")
         else:
-            dp = ExactDatapath(fast=False) if datapath == "exact-ref" else datapath
+            dp = ExactDatapath() if datapath == "exact-ref" else datapath
             self.model = IBertModel.from_pretrained(model_path, datapath=dp)
         self.config = self.model.config
 
@@ -189,7 +189,7 @@ class IBertRefSystem:
 class GemmFloorSystem:
     """The float32 GEMMs of one encoder forward and nothing else: per layer Q, K, V, attention
     output (H x H), intermediate (H -> I), output (I -> H), and the per-head scores and
-    context GEMMs, on integer-valued float32 operands (exact, as in ``intops.matmul_exact``),
+    context GEMMs, on integer-valued float32 operands (exact, as in ``fast_intops.matmul_exact``),
     weights converted once at load. The time any exact path spends in BLAS at least."""
 
     def __init__(self, model_path):
@@ -293,10 +293,6 @@ def _serve(system, model_path, out) -> int:
         "pid": os.getpid(),
     }
     info["threads"] = thread_settings(sysobj)
-    if not system.startswith("tf-"):
-        from ..intops import get_num_threads
-
-        info["ibert_ref_threads"] = get_num_threads()
     out.write(json.dumps(info) + "\n")
     out.flush()
     for line in sys.stdin:

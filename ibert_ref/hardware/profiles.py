@@ -95,7 +95,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import intops
-from ..datapath import ExactDatapath, QTensor, _split_heads, register_datapath
+from ..backends.fast_numpy import FastExactDatapath
+from ..datapath import QTensor, register_datapath, split_heads
 from ..quant import F32, Dyadic
 from .accumulate import int_matmul
 from .oplog import S32, S64, U32, U64, OpLog, OverflowRecord, Register, overflow_record
@@ -202,11 +203,14 @@ class ShiftedQTensor(QTensor):
     exponent: object = 0
 
 
-class HardwareDatapath(ExactDatapath):
+class HardwareDatapath(FastExactDatapath):
     """The exact datapath with a target's widths, overflow policy and roundings (see the
-    module docstring for every parameter)."""
+    module docstring for every parameter). Its exact steps take the NumPy backend's fast
+    routes (:mod:`ibert_ref.backends.fast_numpy`, the reference's integers); every value is
+    held in int64, as this datapath's registers are modelled."""
 
     name = "hardware"
+    narrow = False
 
     def __init__(
         self,
@@ -223,7 +227,6 @@ class HardwareDatapath(ExactDatapath):
         name=None,
     ):
         super().__init__()
-        self.narrow = False  # every value int64, as this datapath's registers are modelled
         if not isinstance(acc_bits, (int, np.integer)) or not 2 <= acc_bits <= 64:
             raise ValueError(f"acc_bits must be an int in [2, 64], got {acc_bits!r}")
         if k_step is not None and (not isinstance(k_step, (int, np.integer)) or k_step < 1):
@@ -429,8 +432,8 @@ class HardwareDatapath(ExactDatapath):
         return self._gemm("linear", "acc", x, np.asarray(w).T, bias=b)
 
     def attention_scores(self, q, k, num_heads, mask, score_scale_f32):
-        qh = _split_heads(np.asarray(q.data, dtype=I64), num_heads)
-        kh = _split_heads(np.asarray(k.data, dtype=I64), num_heads)
+        qh = split_heads(np.asarray(q.data, dtype=I64), num_heads)
+        kh = split_heads(np.asarray(k.data, dtype=I64), num_heads)
         scores = self._gemm("scores", "QK^T acc", qh, kh.transpose(0, 1, 3, 2))
         if mask is not None:
             keep = mask[:, None, None, :].astype(bool)
@@ -446,7 +449,7 @@ class HardwareDatapath(ExactDatapath):
             record = overflow_record("context", "probs -> u8", action, 8, p_int, clamped, over)
             self._event(record, int(p_int.min()), int(p_int.max()), signed=False)
             p_int = clamped
-        ctx = self._gemm("context", "PV acc", p_int, _split_heads(np.asarray(v.data, dtype=I64), num_heads))
+        ctx = self._gemm("context", "PV acc", p_int, split_heads(np.asarray(v.data, dtype=I64), num_heads))
         self.note("context", "PV acc", ctx)
         b, nh, t, hd = ctx.shape
         ctx = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, t, nh * hd)
@@ -598,11 +601,9 @@ class HardwareDatapath(ExactDatapath):
         return super().floor_sqrt(v)
 
     # ---- IntGELU ----------------------------------------------------------------------
-    def row_runner(self, name):
-        """Kernels run whole here: overflow events and census entries are per op."""
-        return None
-
-    def variant_kernel(self, name):
+    def replacement_kernel(self, name):
+        """The int32 IntGELU (:func:`int_gelu_int32`) when ``gelu="int32"``; every other kernel
+        runs as written in :mod:`ibert_ref.kernels` (on this datapath's arithmetic)."""
         if name == "int_gelu" and self.gelu == "int32":
             return int_gelu_int32
         return None

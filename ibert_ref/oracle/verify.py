@@ -65,7 +65,7 @@ from ..compile import (
     softmax_params,
 )
 from ..dataflow import LAYER_INPUT_OPS, block_output, module_kind, op_of, quant_act_bits, run_op
-from ..datapath import Datapath, ExactDatapath, GemmBackend, QTensor, TransformersDatapath, _split_heads
+from ..datapath import Datapath, ExactDatapath, GemmBackend, QTensor, TransformersDatapath, split_heads
 from ..quant import F32, dyadic_from_ratio, dyadic_requant, weight_scale_per_channel_f32
 from .replay import REQUANTIZE_ROW, compare_integers
 
@@ -152,15 +152,15 @@ class _Float64(TransformersDatapath):
         return np.ldexp(1.0, np.asarray(k).astype(np.int32))
 
     def attention_scores(self, q, k, num_heads, mask, score_scale_f32):
-        qh = _split_heads(self.recover(q), num_heads)
-        kh = _split_heads(self.recover(k), num_heads)
+        qh = split_heads(self.recover(q), num_heads)
+        kh = split_heads(self.recover(k), num_heads)
         scores = np.matmul(qh, kh.transpose(0, 1, 3, 2))
         if mask is not None:
             scores = np.where(mask[:, None, None, :].astype(bool), scores, -np.inf)
         return scores
 
     def attention_context(self, p, v, num_heads, scale_f32):
-        ctx = np.matmul(self.recover(p), _split_heads(self.recover(v), num_heads))
+        ctx = np.matmul(self.recover(p), split_heads(self.recover(v), num_heads))
         b, nh, t, hd = ctx.shape
         ctx = np.ascontiguousarray(ctx.transpose(0, 2, 1, 3)).reshape(b, t, nh * hd)
         return self.emit(ctx, scale_f32)
