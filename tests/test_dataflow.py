@@ -226,3 +226,52 @@ def test_each_op_name_is_written_in_at_most_two_modules():
         if len(modules) > 2 or (modules and "dataflow.py" not in modules):
             over[name] = modules
     assert not over, over
+
+
+# ---------------------------------------------------------------------------------------
+# The reference is plain: kernels without dispatch, intops without floats or threads
+def _source_tree(module: str) -> ast.Module:
+    return ast.parse((PACKAGE / module).read_text(encoding="utf-8"))
+
+
+def test_reference_kernels_contain_no_dispatch():
+    """kernels.py reads like the paper's boxes: no decorator on a kernel, no call of a datapath
+    hook that swaps the kernel (``dataflow.kernel`` is the one place that consults
+    ``replacement_kernel``)."""
+    tree = _source_tree("kernels.py")
+    kernels = [f for f in tree.body if isinstance(f, ast.FunctionDef) and not f.name.startswith("_")]
+    assert {"requantize", "quant_linear", "int_exp", "softmax_normalize", "int_gelu", "int_layernorm"} <= {
+        f.name for f in kernels}
+    assert not [f.name for f in kernels if f.decorator_list]
+    hooks = {"replacement_kernel", "compiled_kernel", "variant_kernel", "row_runner"}
+    assert not {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} & hooks
+
+    def consults_the_hook(path):  # calls x.replacement_kernel(...), other than super()'s in an override
+        return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "replacement_kernel"
+                   and not (isinstance(n.func.value, ast.Call) and getattr(n.func.value.func, "id", "") == "super")
+                   for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+
+    consulted = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if consults_the_hook(p))
+    assert consulted == ["dataflow.py"]
+
+
+def test_intops_is_integer_only_and_single_threaded():
+    """The reference primitives use no float type and start no thread (the float-proven fast
+    routes live in backends/fast_intops.py)."""
+    tree = _source_tree("intops.py")
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
+        n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert not names & {"float16", "float32", "float64", "float_", "ldexp", "sqrt", "rint", "floor"}
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"annotations", "__future__", "numpy"}, imported
+
+
+def test_reference_datapath_takes_no_fast_route():
+    """ExactDatapath's methods call only the reference primitives of intops (no fast_intops, no
+    float GEMM): the fast routes are FastExactDatapath's, in backends/."""
+    tree = _source_tree("datapath.py")
+    exact = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "ExactDatapath")
+    called = {n.attr for n in ast.walk(exact) if isinstance(n, ast.Attribute)}
+    assert {"mul_shift_round", "isqrt_floor", "matmul_exact_reference"} <= called
+    assert not called & {"mul_shift_round_fast", "isqrt_floor_fast", "matmul_exact", "float32", "float64"}

@@ -133,6 +133,20 @@ def _numba_threads() -> int:
     return ck.full if ck.full is not None else numba.get_num_threads()
 
 
+#: ``z_id`` of :func:`~ibert_ref.backends.compiled_kernels.requantize_linear_rows` without a
+#: residual (not read).
+_NO_RESIDUAL = np.zeros((1, 1), dtype=I64)
+#: ``colsum`` of :func:`~ibert_ref.backends.compiled_kernels.merge_heads_rows` without ``plus`` (not read).
+_NO_COLSUM = np.zeros((1, 1, 1), dtype=np.int32)
+
+
+def _requant_output(shape, bits: int):
+    """``(out, lo, hi)`` for a ``bits``-wide QuantAct: an empty output array of ``shape`` in the
+    narrowest integer type holding ``bits`` signed bits, and its clamp bounds
+    ``-2^(bits-1)``, ``2^(bits-1) - 1``."""
+    return np.empty(shape, dtype=_out_dtype(bits)), -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
 def kernel_threads_from_env():
     """``IBERT_REF_NUM_THREADS``: the compiled kernels' thread count (a positive integer), or
     None when unset (numba's default: one per core). ValueError on anything else."""
@@ -406,8 +420,7 @@ class CompiledDatapath(FastExactDatapath):
         if isinstance(x, DeferredLayerNorm) and not x.materialized and identity is None and 2 <= p.bits <= 32:
             mult = dp._multiplier(dp.requant_multiplier(p.dy, x), x.rows.shape[-1])
             if mult is not None:
-                lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
-                out = np.empty(x.shape, dtype=_out_dtype(p.bits))
+                out, lo, hi = _requant_output(x.shape, p.bits)
                 if not ck.layernorm_requantize_rows(x.rows, x.mean, x.factor, x.bias, *mult, lo, hi,
                                                     out.reshape(x.rows.shape)):
                     return dp.emit(out, p.out_scale)
@@ -415,47 +428,66 @@ class CompiledDatapath(FastExactDatapath):
         if z.dtype not in _INTS or z.ndim == 0 or z.size == 0 or not 2 <= p.bits <= 32:
             return None  # (wider outputs do not occur in I-BERT: the NumPy kernel runs)
         cols = z.shape[-1]
-        mult = dp._multiplier(dp.requant_multiplier(p.dy, x), cols)
-        if mult is None:
+        target = dp._requant_target(x, p, z.shape)
+        if target is None:
             return None
-        lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
-        out = np.empty(z.shape, dtype=_out_dtype(p.bits))
-        out2 = out.reshape(-1, cols)
+        mult, out, out2, lo, hi = target
         if identity is None:
             refused = ck.requantize_rows(_rows(z, int8=True), *mult, lo, hi, out2)
         else:
-            z_id = np.asarray(dp.round_recover(identity))
-            if z_id.shape != z.shape or z_id.dtype not in _INTS:
+            residual = dp._residual_operands(identity, p, z.shape)
+            if residual is None:
                 return None
-            mult_id = dp._multiplier(dp.requant_multiplier(p.dy_identity, identity), cols)
-            if mult_id is None:
-                return None
-            refused = ck.requantize_residual_rows(_rows(z), dp._zeros(cols), *mult, _residual_rows(z_id, cols),
-                                                  *mult_id, lo, hi, out2)
+            refused = dp._requantize_sum(_rows(z), dp._zeros(cols), None, mult, residual, lo, hi, out2)
         return None if refused else dp.emit(out, p.out_scale)
 
     def _requantize_linear(self, x, p, identity):
         """:meth:`_requantize` of an unread :class:`DeferredLinear`: bias (and IntGELU) fused
         into the requantization pass (same integers), with or without a residual."""
-        cols = x.acc.shape[-1]
-        mult = self._multiplier(self.requant_multiplier(p.dy, x), cols)
+        target = self._requant_target(x, p, x.shape)
+        if target is None:
+            return None
+        mult, out, out2, lo, hi = target
+        residual = None
+        if identity is not None:  # (a residual after IntGELU does not occur in I-BERT: NumPy runs it)
+            residual = None if x.gelu is not None else self._residual_operands(identity, p, x.shape)
+            if residual is None:
+                return None
+        refused = self._requantize_sum(x.acc, x.bias, x.gelu, mult, residual, lo, hi, out2)
+        return None if refused else self.emit(out, p.out_scale)
+
+    @staticmethod
+    def _requantize_sum(acc_rows, bias, gelu, mult, residual, lo, hi, out_rows):
+        """:func:`~ibert_ref.backends.compiled_kernels.requantize_linear_rows` on ``acc_rows +
+        bias``, with IntGELU when ``gelu`` (its constants ``(b, c, one)``) is not None and the
+        residual ``(z_id_rows, mult_id)`` when ``residual`` is not None. Returns the number of
+        refused rows."""
+        gelu_consts = gelu if gelu is not None else (bias,) * 3  # (not read without gelu)
+        z_id_rows, mult_id = residual if residual is not None else (_NO_RESIDUAL, mult)
+        return ck.requantize_linear_rows(acc_rows, bias, gelu is not None, *gelu_consts, *mult,
+                                         residual is not None, z_id_rows, *mult_id, lo, hi, out_rows)
+
+    def _requant_target(self, x, p, shape):
+        """``(mult, out, out_rows, lo, hi)`` for requantizing ``x`` by ``p``: the multiplier of
+        ``p.dy`` (:meth:`_multiplier`), the ``p.bits``-wide output of ``shape``
+        (:func:`_requant_output`), that output as (rows, C), its clamp bounds; or None (a
+        multiplier the kernels do not take)."""
+        mult = self._multiplier(self.requant_multiplier(p.dy, x), shape[-1])
         if mult is None:
             return None
-        lo, hi = -(1 << (p.bits - 1)), (1 << (p.bits - 1)) - 1
-        out = np.empty(x.shape, dtype=_out_dtype(p.bits))
-        out2 = out.reshape(-1, cols)
-        if identity is None:
-            gelu = x.gelu if x.gelu is not None else (x.bias,) * 3
-            refused = ck.requantize_linear_rows(x.acc, x.bias, x.gelu is not None, *gelu, *mult, lo, hi, out2)
-        else:
-            z_id = np.asarray(self.round_recover(identity))
-            if x.gelu is not None or z_id.shape != x.shape or z_id.dtype not in _INTS:
-                return None
-            mult_id = self._multiplier(self.requant_multiplier(p.dy_identity, identity), cols)
-            if mult_id is None:
-                return None
-            refused = ck.requantize_residual_rows(x.acc, x.bias, *mult, _residual_rows(z_id, cols), *mult_id, lo, hi, out2)
-        return None if refused else self.emit(out, p.out_scale)
+        out, lo, hi = _requant_output(shape, p.bits)
+        return mult, out, out.reshape(-1, shape[-1]), lo, hi
+
+    def _residual_operands(self, identity, p, shape):
+        """The residual's integers as (rows, C) and its multiplier for
+        :func:`~ibert_ref.backends.compiled_kernels.requantize_linear_rows`, or None (another
+        shape or integer type, or a multiplier the kernels do not take: the NumPy kernel runs)."""
+        z_id = np.asarray(self.round_recover(identity))
+        if z_id.shape != tuple(shape) or z_id.dtype not in _INTS:
+            return None
+        cols = z_id.shape[-1]
+        mult_id = self._multiplier(self.requant_multiplier(p.dy_identity, identity), cols)
+        return None if mult_id is None else (_residual_rows(z_id, cols), mult_id)
 
     @staticmethod
     def _int_exp(dp, scores, p):
@@ -677,7 +709,7 @@ class CompiledDatapath(FastExactDatapath):
         out, p8t = torch.from_numpy(heads), torch.from_numpy(p8)
         self._per_head(p8t, vt, out)
         ctx = np.empty((b, t, nh * hd), dtype=np.int32)
-        ck.merge_heads_plus(heads, np.ascontiguousarray(colsum), ctx)
+        ck.merge_heads_rows(heads, np.ascontiguousarray(colsum), True, ctx)
         return QTensor(ctx, np.asarray(scale_f32, dtype=np.float32))
 
     def _attention_context_f32(self, p, v, num_heads, scale_f32):
@@ -695,5 +727,5 @@ class CompiledDatapath(FastExactDatapath):
             pf = pd.astype(np.float32)
         ctx = np.ascontiguousarray(self._f32_matmul(pf, self._heads_f32(vd, num_heads)))
         out = np.empty((b, t, vd.shape[-1]), dtype=np.int32)
-        ck.merge_heads_from_f32(ctx, out)
+        ck.merge_heads_rows(ctx, _NO_COLSUM, False, out)
         return QTensor(out, np.asarray(scale_f32, dtype=np.float32))

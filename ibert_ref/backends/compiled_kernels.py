@@ -154,6 +154,31 @@ F64_EXACT = np.int64(1 << 53)
 _CHUNKS = 16
 
 
+@njit(cache=True, inline="always")
+def chunk_step(rows):
+    """Rows per chunk of a parallel row loop: ``ceil(rows / _CHUNKS)``, at least 1. The loop
+    runs :func:`chunk_count` chunks on ``prange``, chunk ``c`` over rows
+    ``[c * step, min(rows, (c + 1) * step))`` with its own scratch rows."""
+    return max(1, -(-rows // _CHUNKS))
+
+
+@njit(cache=True, inline="always")
+def chunk_count(rows, step):
+    """``ceil(rows / step)``: the chunks of a parallel row loop (:func:`chunk_step`)."""
+    return -(-rows // step)
+
+
+@njit(cache=True, inline="always")
+def row_max(s_row):
+    """``max(s_row)`` as int64 (a row of raw attention scores, int32 or int64, non-empty)."""
+    mx = np.int64(s_row[0])
+    for j in range(1, s_row.shape[0]):
+        v = np.int64(s_row[j])
+        if v > mx:
+            mx = v
+    return mx
+
+
 @njit(cache=True)
 def dyadic_route(z, zlim, dmax):
     """Which exact route computes ``rne(z[j] * m[j] / 2^e[j])`` for the row ``z`` (see
@@ -227,6 +252,18 @@ def row_abs_max(z):
     return np.int64(-1) if wrapped else zmax
 
 
+@njit(cache=True, inline="always")
+def requantize_row_into(z, m, e, d, zlim, dmax, tmp, lo, hi, out_row):
+    """One row: ``out_row = clamp(rne(z * m / 2^e), lo, hi)`` by the routes of :func:`dyadic_row`
+    (``tmp`` its int64 scratch row). Returns 1 if the row is refused (``out_row`` untouched),
+    else 0."""
+    if dyadic_row(z, m, e, d, zlim, dmax, tmp):
+        return 1
+    for j in range(out_row.shape[0]):
+        out_row[j] = clamp(tmp[j], lo, hi)
+    return 0
+
+
 @njit(parallel=True, cache=True)
 def requantize_rows(z, m, e, d, zlim, dmax, lo, hi, out):
     """QuantAct / FixedPointMul: ``out = clamp(rne(z * m / 2^e), lo, hi)``.
@@ -240,52 +277,17 @@ def requantize_rows(z, m, e, d, zlim, dmax, lo, hi, out):
     OverflowError; their ``out`` unspecified).
     """
     rows, cols = z.shape
-    step = max(1, -(-rows // _CHUNKS))
+    step = chunk_step(rows)
     lo_f, hi_f = np.float64(lo), np.float64(hi)
     refused = 0
-    for c in prange(-(-rows // step)):
+    for c in prange(chunk_count(rows, step)):
         tmp = np.empty(cols, dtype=np.int64)
         for i in range(c * step, min(rows, (c + 1) * step)):
             if dyadic_route(z[i], zlim, dmax) == 0:
                 for j in range(cols):
                     out[i, j] = min(max(np.rint(np.float64(z[i, j]) * d[j]), lo_f), hi_f)
                 continue
-            if dyadic_row(z[i], m, e, d, zlim, dmax, tmp):
-                refused += 1
-                continue
-            for j in range(cols):
-                v = tmp[j]
-                out[i, j] = clamp(v, lo, hi)
-    return refused
-
-
-@njit(parallel=True, cache=True)
-def requantize_residual_rows(z, bias, m, e, d, zlim, dmax, z_id, m_id, e_id, d_id, zlim_id, dmax_id, lo, hi, out):
-    """QuantAct with a residual:
-    ``out = clamp(rne(z_id * m_id / 2^e_id) + rne((z + bias) * m / 2^e), lo, hi)``.
-
-    ``z + bias`` (int64; ``bias`` an int64 (C,) vector: a QuantLinear bias not yet added, else
-    zeros) and ``z_id`` each requantized as in :func:`requantize_rows` (:func:`dyadic_row`;
-    each saturated to ``±2^62`` like the reference, their int64 sum wrapping exactly as
-    NumPy's), ``z`` (rows, C) int32/int64, ``z_id`` int8 or int64. Returns the number of
-    refused rows (``|z + bias|`` or ``|z_id| >= 2^62``).
-    """
-    rows, cols = z.shape
-    step = max(1, -(-rows // _CHUNKS))
-    refused = 0
-    for c in prange(-(-rows // step)):
-        zb = np.empty(cols, dtype=np.int64)
-        tmp = np.empty(cols, dtype=np.int64)
-        tmp_id = np.empty(cols, dtype=np.int64)
-        for i in range(c * step, min(rows, (c + 1) * step)):
-            for j in range(cols):
-                zb[j] = np.int64(z[i, j]) + bias[j]
-            if dyadic_row(zb, m, e, d, zlim, dmax, tmp) or dyadic_row(z_id[i], m_id, e_id, d_id, zlim_id, dmax_id, tmp_id):
-                refused += 1
-                continue
-            for j in range(cols):
-                v = tmp_id[j] + tmp[j]
-                out[i, j] = clamp(v, lo, hi)
+            refused += requantize_row_into(z[i], m, e, d, zlim, dmax, tmp, lo, hi, out[i])
     return refused
 
 
@@ -307,19 +309,29 @@ def gelu_value(x, b, c, one):
 
 
 @njit(parallel=True, cache=True)
-def requantize_linear_rows(acc, bias, gelu, gb, gc, gone, m, e, d, zlim, dmax, lo, hi, out):
-    """A QuantLinear accumulator requantized in one pass, its bias (and IntGELU) fused:
+def requantize_linear_rows(acc, bias, gelu, gb, gc, gone, m, e, d, zlim, dmax,
+                           residual, z_id, m_id, e_id, d_id, zlim_id, dmax_id, lo, hi, out):
+    """QuantAct / FixedPointMul of a QuantLinear accumulator in one pass, its bias (and IntGELU)
+    fused, with or without a residual:
+
     ``z = acc + bias`` (int64), then if ``gelu``: ``z = gelu_value(z)`` (:func:`gelu_value`, the
-    per-channel constants ``gb``/``gc``/``gone``), then ``out = clamp(rne(z * m / 2^e), lo, hi)``
-    by the routes of :func:`dyadic_row`. The same integers as materialising ``acc + bias`` (and
-    IntGELU's int64 output) and requantizing it, without writing or reading them. ``acc``
-    (rows, C) int32/int64, constants int64 (C,). Returns the number of refused rows."""
+    per-channel constants ``gb``/``gc``/``gone``), then
+    ``out = clamp(rne(z * m / 2^e) [+ rne(z_id * m_id / 2^e_id)], lo, hi)``,
+
+    each term by the routes of :func:`dyadic_row` (saturated to ``±2^62`` like the reference;
+    the int64 sum of the two terms wraps exactly as NumPy's). The same integers as
+    materialising ``acc + bias`` (and IntGELU's int64 output) and requantizing it, without
+    writing or reading them. ``acc`` (rows, C) int32/int64 (a plain QuantAct input with
+    ``bias`` zeros), constants int64 (C,); ``residual`` false: ``z_id`` and its multiplier are
+    not read (any arrays of those types), else ``z_id`` (rows, C) int8 or int64. Returns the
+    number of refused rows (``|z|`` or ``|z_id| >= 2^62``: the reference raises)."""
     rows, cols = acc.shape
-    step = max(1, -(-rows // _CHUNKS))
+    step = chunk_step(rows)
     refused = 0
-    for c in prange(-(-rows // step)):
+    for c in prange(chunk_count(rows, step)):
         zb = np.empty(cols, dtype=np.int64)
         tmp = np.empty(cols, dtype=np.int64)
+        tmp_id = np.empty(cols, dtype=np.int64)
         for i in range(c * step, min(rows, (c + 1) * step)):
             if gelu:
                 for j in range(cols):
@@ -327,12 +339,14 @@ def requantize_linear_rows(acc, bias, gelu, gb, gc, gone, m, e, d, zlim, dmax, l
             else:
                 for j in range(cols):
                     zb[j] = np.int64(acc[i, j]) + bias[j]
-            if dyadic_row(zb, m, e, d, zlim, dmax, tmp):
+            if not residual:
+                refused += requantize_row_into(zb, m, e, d, zlim, dmax, tmp, lo, hi, out[i])
+            elif dyadic_row(zb, m, e, d, zlim, dmax, tmp) or dyadic_row(z_id[i], m_id, e_id, d_id, zlim_id, dmax_id, tmp_id):
                 refused += 1
-                continue
-            for j in range(cols):
-                v = tmp[j]
-                out[i, j] = clamp(v, lo, hi)
+            else:
+                for j in range(cols):
+                    v = tmp_id[j] + tmp[j]
+                    out[i, j] = clamp(v, lo, hi)
     return refused
 
 
@@ -362,17 +376,13 @@ def int_exp_rows(s, x0_int, x0_30, b_int, c_int, m, e, lo, hi, out):
     for k in range(31):
         sh = e - 30 + k
         table[k] = np.ldexp(np.float64(m), -sh) if 0 <= sh <= 1000 else np.nan
-    step = max(1, -(-rows // _CHUNKS))
+    step = chunk_step(rows)
     refused = 0
-    for c in prange(-(-rows // step)):
+    for c in prange(chunk_count(rows, step)):
         poly_row = np.empty(cols, dtype=np.int64)
         zq_row = np.empty(cols, dtype=np.int64)
         for i in range(c * step, min(rows, (c + 1) * step)):
-            mx = np.int64(s[i, 0])
-            for j in range(1, cols):
-                v = np.int64(s[i, j])
-                if v > mx:
-                    mx = v
+            mx = row_max(s[i])
             pmax = np.int64(0)
             zq_lo = SAT
             in_table = True
@@ -460,11 +470,7 @@ def int_exp_lookup_rows(s, x0_30, table, out):
     rows, cols = s.shape
     refused = 0
     for i in prange(rows):
-        mx = np.int64(s[i, 0])
-        for j in range(1, cols):
-            v = np.int64(s[i, j])
-            if v > mx:
-                mx = v
+        mx = row_max(s[i])
         bad = 0
         for j in range(cols):
             x = np.int64(s[i, j]) - mx
@@ -606,16 +612,24 @@ def scores_from_f32(s, keep, heads, out):
 
 
 @njit(parallel=True, cache=True)
-def merge_heads_from_f32(ctx, out):
-    """Attention context from an exact float32 GEMM, heads merged:
-    ``out[b, t, h * hd + d] = int32(ctx[b, h, t, d])`` (integers below 2^24, exact)."""
+def merge_heads_rows(ctx, colsum, plus, out):
+    """Attention context, heads merged, from a per-head GEMM ``ctx`` (B, heads, T, hd):
+
+    * ``plus`` false: ``out[b, t, h * hd + d] = int32(ctx[b, h, t, d])`` — ``ctx`` from an
+      exact float32 GEMM (integers below 2^24, exact); ``colsum`` not read;
+    * ``plus`` true: ``out[b, t, h * hd + d] = ctx[b, h, t, d] + 128 * colsum[b, h, d]`` (int32)
+      — ``ctx`` the int8 GEMM of :func:`probs_minus_128` and ``colsum`` the per-head column
+      sums of V, so the sum is ``sum_s P[t, s] V[s, d]`` exactly."""
     nb, nh, nt, hd = ctx.shape
     for bt in prange(nb * nt):
         bi = bt // nt
         ti = bt - bi * nt
         for h in range(nh):
             for d in range(hd):
-                out[bi, ti, h * hd + d] = np.int32(ctx[bi, h, ti, d])
+                if plus:
+                    out[bi, ti, h * hd + d] = ctx[bi, h, ti, d] + 128 * colsum[bi, h, d]
+                else:
+                    out[bi, ti, h * hd + d] = np.int32(ctx[bi, h, ti, d])
     return 0
 
 
@@ -652,21 +666,6 @@ def probs_minus_128(p, out):
 
 
 @njit(parallel=True, cache=True)
-def merge_heads_plus(ctx, colsum, out):
-    """Attention context from the int8 GEMM of :func:`probs_minus_128`, heads merged:
-    ``out[b, t, h * hd + d] = ctx[b, h, t, d] + 128 * colsum[b, h, d]`` (int32; ``colsum`` the
-    per-head column sums of V, so the sum is ``sum_s P[t, s] V[s, d]`` exactly)."""
-    nb, nh, nt, hd = ctx.shape
-    for bt in prange(nb * nt):
-        bi = bt // nt
-        ti = bt - bi * nt
-        for h in range(nh):
-            for d in range(hd):
-                out[bi, ti, h * hd + d] = ctx[bi, h, ti, d] + 128 * colsum[bi, h, d]
-    return 0
-
-
-@njit(parallel=True, cache=True)
 def softmax_rows(s, x0_30, table, shift, minus_128, out):
     """IntSoftmax in one pass per row, from the raw scores: the 16-bit exponentials
     ``e = table[max(s - max_row(s), x0_30) - x0_30]`` (:func:`int_exp_table`, every entry in
@@ -679,15 +678,11 @@ def softmax_rows(s, x0_30, table, shift, minus_128, out):
     buffer instead of memory."""
     rows, cols = s.shape
     over = 0
-    step = max(1, -(-rows // _CHUNKS))
-    for c in prange(-(-rows // step)):
+    step = chunk_step(rows)
+    for c in prange(chunk_count(rows, step)):
         ev = np.empty(cols, dtype=np.int64)
         for i in range(c * step, min(rows, (c + 1) * step)):
-            mx = np.int64(s[i, 0])
-            for j in range(1, cols):
-                v = np.int64(s[i, j])
-                if v > mx:
-                    mx = v
+            mx = row_max(s[i])
             total = np.int64(0)
             for j in range(cols):
                 x = np.int64(s[i, j]) - mx
@@ -718,18 +713,13 @@ def layernorm_requantize_rows(x, mean, factor, bias, m, e, d, zlim, dmax, lo, hi
     caller then runs the unfused requantization, which raises the reference's error)."""
     rows, cols = x.shape
     refused = 0
-    step = max(1, -(-rows // _CHUNKS))
-    for c in prange(-(-rows // step)):
+    step = chunk_step(rows)
+    for c in prange(chunk_count(rows, step)):
         y = np.empty(cols, dtype=np.int64)
         tmp = np.empty(cols, dtype=np.int64)
         for i in range(c * step, min(rows, (c + 1) * step)):
             for j in range(cols):
                 y[j] = (((np.int64(x[i, j]) - mean[i]) * factor[i]) >> 1) + bias[j]
-            if dyadic_row(y, m, e, d, zlim, dmax, tmp):
-                refused += 1
-                continue
-            for j in range(cols):
-                v = tmp[j]
-                out[i, j] = clamp(v, lo, hi)
+            refused += requantize_row_into(y, m, e, d, zlim, dmax, tmp, lo, hi, out[i])
     return refused
 

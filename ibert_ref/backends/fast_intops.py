@@ -44,8 +44,6 @@ def clamp_signed_narrow(x: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(x, lo, hi, out=out, casting="unsafe")
 
 
-
-
 #: Integers of magnitude up to 2^24 (float32) / 2^53 (float64) are exactly representable.
 F32_EXACT_INT = 1 << 24
 F64_EXACT_INT = 1 << 53
@@ -391,7 +389,7 @@ def matmul_exact(a_int: np.ndarray, b_int: np.ndarray, add_int=None, narrow: boo
 
 
 def to_float32(x_int: np.ndarray) -> np.ndarray:
-    """``x`` converted to float32 (row blocks on :func:`run_blocks` threads). Exact for the
+    """``x`` converted to float32 (row block by row block, :func:`blockwise`). Exact for the
     integers :func:`matmul_exact` passes (``|x| <= 2^24``); int8 arrays convert directly."""
     x_int = np.asarray(x_int)
     if x_int.dtype == np.float32:
