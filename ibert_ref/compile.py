@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from .checkpoint_schema import check_tensor_keys, expected_shape  # noqa: F401 - the loader's checks, public here
-from .dataflow import LAYER_INPUT, block_ops, quant_act_bits
+from .dataflow import LAYER_INPUT, Op, block_ops
 from .datapath import Datapath
 from .float_ops import FloatLayerNormParams
 from .kernels import (
+    SOFTMAX_OUT_SCALE_F32,
     EmbeddingParams,
     GeluParams,
     LayerNormParams,
@@ -385,15 +386,6 @@ def norm_params(dp: Datapath, get: Getter, prefix: str, fd: frozenset, eps: floa
     return layernorm_params(dp, gamma, beta, get(prefix + ".shift"), what=f"{prefix} (.weight, .bias, .shift)")
 
 
-def act_params(bits: int, out_scale, producer, what: str = "requantization") -> ActParams:
-    """The QuantAct after ``producer``: requantization from the producer's output scale,
-    or the input-quantization path when the producer ran in float (``producer`` is None or
-    a :class:`FloatLayerNormParams`)."""
-    if producer is None or isinstance(producer, FloatLayerNormParams):
-        return QuantizeInputParams(bits=bits, scale=out_scale)
-    return requant_params(bits, out_scale, producer.out_scale, what=what)
-
-
 def always_zero(bound: int, dy) -> bool:
     """Whether ``rne(z * m / 2^e)`` is 0 for every ``|z| <= bound`` (``bound * |m| / 2^e <= 1/2``),
     for every channel of ``dy``. Exact (Python ints)."""
@@ -421,143 +413,181 @@ def range_key(get: Getter, prefix: str) -> str:
     return f"{prefix}.x_min/x_max = [{lo:.6g}, {hi:.6g}]"
 
 
-def _modules_by_field(layer: Optional[int]) -> Dict[str, str]:
-    """Params field -> the module path of the op it belongs to (:mod:`ibert_ref.dataflow`; the
-    first op of a field shared by two ops: the softmax's QuantAct)."""
-    out: Dict[str, str] = {}
-    for op in block_ops(layer):
-        out.setdefault(op.params, op.module)
-    return out
+# ---------------------------------------------------------------------------------------
+# Compiling a block: an interpreter of the dataflow over scales
+def op_params(dp: Datapath, op: Op, in_scales: Sequence, get: Getter, *, head_dim: Optional[int] = None,
+              fd: frozenset = frozenset(), eps: float = 1e-12, what: Optional[str] = None):
+    """The compiled constants of the dataflow op ``op`` (absolute names, :mod:`ibert_ref.dataflow`)
+    from the output scales of its sources (``in_scales``, in ``op.sources`` order; None for ids,
+    the mask, or a value a float op produced) and the checkpoint (``get``: weights, QuantAct
+    ranges, LayerNorm shifts). By the op's kernel:
+
+    * ``quant_embedding``: the int8 table and its scale (:func:`embedding_params`);
+    * ``quant_linear``: int8 weights, int32 bias at scale ``s_w[c] * s_in`` (:func:`linear_params`);
+    * ``requantize``: the dyadic multipliers from the input (and residual) scale to the
+      QuantAct's calibrated scale (:func:`requant_params`); the input-quantization path
+      (:class:`~ibert_ref.kernels.QuantizeInputParams`) after an op that ran in float;
+    * ``attention_scores``: the score scale ``s_q * s_k / sqrt(head_dim)`` (float32);
+    * ``int_exp`` (IntSoftmax's QuantAct): :func:`softmax_params`, or None when the softmax runs
+      in float (``fd``); ``softmax_normalize`` shares these constants (compile its int_exp);
+    * ``attention_context``: the context scale ``s_v / 256`` (float32);
+    * ``int_gelu``: :func:`gelu_params`, or None when GELU runs in float;
+    * ``int_layernorm``: IntLayerNorm's constants, or its float32 fallback (:func:`norm_params`).
+
+    ``what`` names the checkpoint keys in errors (default: the op's range keys).
+    """
+    k, name = op.kernel, op.module
+    if k == "quant_embedding":
+        return embedding_params(dp, get(name + ".weight"))
+    if k == "quant_linear":
+        return linear_params(dp, get(name + ".weight"), get(name + ".bias"), in_scales[0])
+    if k == "requantize":
+        out_scale = act_scale(get, name, op.width)
+        what = what or range_key(get, name)
+        if in_scales[0] is None:  # a float producer (force_dequant): QuantAct's input-quantization path
+            return QuantizeInputParams(bits=op.width, scale=out_scale)
+        return requant_params(op.width, out_scale, in_scales[0], in_scales[1] if op.identity else None, what=what)
+    if k == "attention_scores":
+        if head_dim is None:
+            raise ValueError(f"{op.name}: the score scale needs head_dim")
+        with np.errstate(over="ignore", under="ignore"):
+            return (in_scales[0] * in_scales[1]) / F32(math.sqrt(head_dim))
+    if k == "int_exp":
+        if "softmax" in fd:
+            return None  # the float softmax: its QuantAct is never called (nor calibrated)
+        return softmax_params(dp, in_scales[0], act_scale(get, name, op.width), what=what or range_key(get, name))
+    if k == "attention_context":
+        return F32(1.0 / 256.0) * in_scales[1]
+    if k == "int_gelu":
+        return None if "gelu" in fd else gelu_params(dp, in_scales[0])
+    if k == "int_layernorm":
+        return norm_params(dp, get, name, fd, eps)
+    raise KeyError(f"{op.name}: no constants for kernel {k!r}")
+
+
+def op_output_scale(op: Op, p, in_scales: Sequence):
+    """The float32 scale of the integers ``op`` outputs, given its compiled constants ``p`` and its
+    sources' scales; None when the op runs in float (``force_dequant``) or passes a float on."""
+    k = op.kernel
+    if k == "quant_embedding":
+        return p.scale
+    if k == "requantize":
+        return act_out_scale(p)
+    if k in ("attention_scores",):
+        return p
+    if k == "attention_context":
+        return None if in_scales[0] is None else p
+    if k == "int_exp":
+        return None if p is None else p.act_scale
+    if k == "softmax_normalize":
+        return None if p is None else SOFTMAX_OUT_SCALE_F32
+    if p is None or isinstance(p, FloatLayerNormParams):  # int_gelu / int_layernorm in float
+        return None
+    return p.out_scale  # quant_linear, int_gelu, int_layernorm
+
+
+def compile_block(dp: Datapath, get: Getter, layer: Optional[int], in_scale=None, num_heads: int = 1,
+                  fd: frozenset = frozenset(), eps: float = 1e-12) -> Dict[str, object]:
+    """Interpret one block of :mod:`ibert_ref.dataflow` over scales: ``{params field: constants}``
+    for every op of block ``layer`` (None: the embeddings), compiled for the layer input scale
+    ``in_scale``. Each op's constants come from its sources' output scales (:func:`op_params`,
+    :func:`op_output_scale`), in dataflow order; after each op the checks that need its
+    producers run (:func:`_check_op`)."""
+    ops = block_ops(layer)
+    by_name = {op.name: op for op in ops}
+    scales: Dict[str, object] = {LAYER_INPUT: in_scale}
+    compiled: Dict[str, object] = {}
+    fields: Dict[str, object] = {}
+    for op in ops:
+        srcs = [scales.get(s) for s in op.sources]
+        if op.kernel == "softmax_normalize":
+            p = compiled[op.inputs[0]]  # IntSoftmax's constants are its QuantAct's (int_exp)
+        else:
+            p = op_params(dp, op, srcs, get, head_dim=_head_dim(op, by_name, get, num_heads), fd=fd, eps=eps,
+                          what=_softmax_what(op, by_name, get))
+        compiled[op.name] = p
+        fields.setdefault(op.params, p)
+        scales[op.name] = op_output_scale(op, p, srcs)
+        _check_op(op, p, by_name, compiled, get)
+    return fields
+
+
+def _head_dim(op: Op, by_name: dict, get: Getter, num_heads: int) -> Optional[int]:
+    """Attention scores: the head width, from the query QuantLinear's weight (hidden / heads)."""
+    if op.kernel != "attention_scores":
+        return None
+    query = by_name[by_name[op.inputs[0]].inputs[0]]
+    return get(query.module + ".weight").shape[0] // num_heads
+
+
+def _softmax_what(op: Op, by_name: dict, get: Getter) -> Optional[str]:
+    """IntSoftmax's QuantAct: its range keys and those of the query / key activations (errors)."""
+    if op.kernel != "int_exp":
+        return None
+    q_act, k_act = by_name[op.inputs[0]].inputs
+    return (f"{range_key(get, op.module)}; score scale from {range_key(get, by_name[q_act].module)}, "
+            f"{range_key(get, by_name[k_act].module)}")
+
+
+def _check_op(op: Op, p, by_name: dict, compiled: dict, get: Getter) -> None:
+    """Checks of ``op``'s constants against its producers': IntGELU's widest product for the
+    QuantLinear accumulator it reads (:func:`check_gelu_range`); an IntLayerNorm whose input
+    requantization is 0 for every input it can get (:func:`check_layernorm_input`)."""
+    if op.kernel == "int_gelu" and p is not None:
+        dense = by_name[op.inputs[0]]
+        what = (f"{op.module} (input scale from {range_key(get, by_name[dense.inputs[0]].module)} and "
+                f"{dense.module}.weight)")
+        check_gelu_range(what, p, _magnitude_bound(dense.name, by_name, compiled))
+    if op.kernel == "int_layernorm" and isinstance(p, LayerNormParams):
+        act = by_name[op.inputs[0]]
+        act_p = compiled[act.name]
+        terms = [(_magnitude_bound(act.inputs[0], by_name, compiled), act_p.dy)]
+        if act.identity:
+            terms.append((_magnitude_bound(act.identity, by_name, compiled), act_p.dy_identity))
+        check_layernorm_input(range_key(get, act.module), terms)
+
+
+def _magnitude_bound(name: str, by_name: dict, compiled: dict) -> int:
+    """The bound on ``|q|`` of op ``name``'s output integers that the compile-time checks use:
+    int8 values (tables, 8-bit QuantActs, the layer input) 127; a QuantLinear accumulator
+    ``K * 127^2 + max|bias|``; a wider QuantAct ``2^(bits-1)``, or 0 when each term of its
+    requantization is 0 for every input (:func:`always_zero`)."""
+    op = by_name.get(name)
+    if op is None or op.kernel == "quant_embedding" or (op.kernel == "requantize" and op.width == 8):
+        return 127
+    p = compiled[name]
+    if op.kernel == "quant_linear":
+        return int(np.asarray(p.w).shape[1]) * 127 * 127 + int(np.max(np.abs(np.asarray(p.b, dtype=np.float64))))
+    if op.kernel == "requantize":
+        terms = [(_magnitude_bound(op.inputs[0], by_name, compiled), p.dy)]
+        if op.identity:
+            terms.append((_magnitude_bound(op.identity, by_name, compiled), p.dy_identity))
+        return 0 if all(always_zero(bound, dy) for bound, dy in terms) else 2 ** (op.width - 1)
+    raise KeyError(f"{name}: no magnitude bound for kernel {op.kernel!r}")
 
 
 def compile_embeddings(dp: Datapath, get: Getter, fd: frozenset = frozenset(), eps: float = 1e-12) -> EmbeddingsParams:
-    """The embeddings' constants; module names and wiring from :data:`ibert_ref.dataflow.EMBEDDINGS`."""
-    m = _modules_by_field(None)
-    word = embedding_params(dp, get(m["word"] + ".weight"))
-    token_type = embedding_params(dp, get(m["token_type"] + ".weight"))
-    position = embedding_params(dp, get(m["position"] + ".weight"))
-    act1, act1_bits = m["act1_second"], quant_act_bits(m["act1_second"])
-    s_act1 = act_scale(get, act1, act1_bits)
-    layernorm = norm_params(dp, get, m["layernorm"], fd, eps)
-    s_out = act_scale(get, m["output_activation"], quant_act_bits(m["output_activation"]))
-    act1_first = requant_params(act1_bits, s_act1, word.scale, token_type.scale, what=range_key(get, act1))
-    act1_second = requant_params(act1_bits, s_act1, s_act1, position.scale, what=range_key(get, act1))
-    if isinstance(layernorm, LayerNormParams):  # int8 tables: |q| <= 127
-        first_zero = always_zero(127, act1_first.dy) and always_zero(127, act1_first.dy_identity)
-        check_layernorm_input(range_key(get, act1), [(0 if first_zero else 2 ** (act1_bits - 1), act1_second.dy),
-                                                     (127, act1_second.dy_identity)])
+    """The embeddings' constants (:func:`compile_block` of :data:`ibert_ref.dataflow.EMBEDDINGS`),
+    and the input-quantization constants of ``inputs_embeds`` (not an op of the dataflow: the
+    float input enters at ``embeddings_act1``'s scale, the token type added on the exact datapath)."""
+    fields = compile_block(dp, get, None, fd=fd, eps=eps)
+    act1 = fields["act1_second"]
+    act1_name = next(op.module for op in block_ops(None) if op.params == "act1_second")
     return EmbeddingsParams(
-        word=word,
-        token_type=token_type,
-        position=position,
-        act1_first=act1_first,
-        act1_second=act1_second,
-        layernorm=layernorm,
-        output_activation=act_params(quant_act_bits(m["output_activation"]), s_out, layernorm,
-                                     what=range_key(get, m["output_activation"])),
-        act1_input=QuantizeInputParams(bits=act1_bits, scale=s_act1),
-        act1_input_identity=requant_params(act1_bits, s_act1, s_act1, token_type.scale, what=range_key(get, act1)),
+        **fields,
+        act1_input=QuantizeInputParams(bits=act1.bits, scale=act1.out_scale),
+        act1_input_identity=requant_params(act1.bits, act1.out_scale, act1.out_scale, fields["token_type"].scale,
+                                           what=range_key(get, act1_name)),
     )
 
 
 def compile_layer(
     dp: Datapath, get: Getter, i: int, in_scale, num_heads: int, fd: frozenset = frozenset(), eps: float = 1e-12
 ) -> LayerParams:
-    """Encoder layer ``i``'s constants for input scale ``in_scale``; module names, widths and the
-    residual wiring from :data:`ibert_ref.dataflow.LAYER` (``m[field]``: the module of the op whose
-    constants go to that :class:`LayerParams` field)."""
-    m = _modules_by_field(i)
-
-    def k(name):
-        return range_key(get, name)
-
-    def scale(field):
-        return act_scale(get, m[field], quant_act_bits(m[field]))
-
-    hidden = get(m["query"] + ".weight").shape[0]
-    head_dim = hidden // num_heads
-
-    def lin(field, s_in):
-        return linear_params(dp, get(m[field] + ".weight"), get(m[field] + ".bias"), s_in)
-
-    query, key, value = lin("query", in_scale), lin("key", in_scale), lin("value", in_scale)
-    s_q, s_k, s_v = scale("query_activation"), scale("key_activation"), scale("value_activation")
-    with np.errstate(over="ignore", under="ignore"):
-        score_scale = (s_q * s_k) / F32(math.sqrt(head_dim))
-    softmax = None  # float softmax: its QuantAct is never called (nor calibrated)
-    if "softmax" not in fd:
-        softmax = softmax_params(dp, score_scale, scale("softmax"),
-                                 what=f"{k(m['softmax'])}; score scale from {k(m['query_activation'])}, "
-                                      f"{k(m['key_activation'])}")
-    context_scale = F32(1.0 / 256.0) * s_v
-    s_ctx_out = scale("self_output_activation")
-    act8 = quant_act_bits(m["self_output_activation"])
-    if softmax is None:
-        self_output_activation = QuantizeInputParams(bits=act8, scale=s_ctx_out)
-    else:
-        self_output_activation = requant_params(act8, s_ctx_out, context_scale, what=k(m["self_output_activation"]))
-
-    attn_dense = lin("attn_dense", s_ctx_out)
-    s_ln1_in = scale("attn_ln_input_act")
-    ln1 = norm_params(dp, get, m["attn_layernorm"], fd, eps)
-    s_attn_out = scale("attn_output_activation")
-    s_pre_int = scale("pre_intermediate_act")
-
-    inter_dense = lin("intermediate_dense", s_pre_int)
-    gelu = None if "gelu" in fd else gelu_params(dp, inter_dense.out_scale)
-    if gelu is not None:
-        w_inter = get(m["intermediate_dense"] + ".weight")
-        x_bound = int(w_inter.shape[1]) * 127 * 127 + int(np.max(np.abs(np.asarray(inter_dense.b, dtype=np.float64))))
-        check_gelu_range(f"{m['gelu']} (input scale from {k(m['pre_intermediate_act'])} and "
-                         f"{m['intermediate_dense']}.weight)", gelu, x_bound)
-    s_inter_out = scale("intermediate_output_activation")
-    s_pre_out = scale("pre_output_act")
-
-    out_dense = lin("output_dense", s_pre_out)
-    s_ln2_in = scale("output_ln_input_act")
-    ln2 = norm_params(dp, get, m["output_layernorm"], fd, eps)
-    s_layer_out = scale("output_activation")
-    # the residual identities, as the dataflow wires them
-    identity_scale = {LAYER_INPUT: in_scale, m["pre_intermediate_act"]: s_pre_int}
-    residual = {op.params: identity_scale[op.identity] for op in block_ops(i) if op.identity}
-    ln_bits = quant_act_bits(m["attn_ln_input_act"])
-    attn_ln_input_act = requant_params(ln_bits, s_ln1_in, attn_dense.out_scale, residual["attn_ln_input_act"],
-                                       what=k(m["attn_ln_input_act"]))
-    output_ln_input_act = requant_params(ln_bits, s_ln2_in, out_dense.out_scale, residual["output_ln_input_act"],
-                                         what=k(m["output_ln_input_act"]))
-    for name, act, dense, norm in ((m["attn_ln_input_act"], attn_ln_input_act, attn_dense, ln1),
-                                   (m["output_ln_input_act"], output_ln_input_act, out_dense, ln2)):
-        if isinstance(norm, LayerNormParams):  # the dense accumulator and an int8 residual
-            acc_bound = int(np.asarray(dense.w).shape[1]) * 127 * 127 + int(
-                np.max(np.abs(np.asarray(dense.b, dtype=np.float64))))
-            check_layernorm_input(k(name), [(acc_bound, act.dy), (127, act.dy_identity)])
-
-    return LayerParams(
-        query=query,
-        key=key,
-        value=value,
-        query_activation=requant_params(act8, s_q, query.out_scale, what=k(m["query_activation"])),
-        key_activation=requant_params(act8, s_k, key.out_scale, what=k(m["key_activation"])),
-        value_activation=requant_params(act8, s_v, value.out_scale, what=k(m["value_activation"])),
-        score_scale=score_scale,
-        softmax=softmax,
-        context_scale=context_scale,
-        self_output_activation=self_output_activation,
-        attn_dense=attn_dense,
-        attn_ln_input_act=attn_ln_input_act,
-        attn_layernorm=ln1,
-        attn_output_activation=act_params(act8, s_attn_out, ln1, what=k(m["attn_output_activation"])),
-        pre_intermediate_act=requant_params(act8, s_pre_int, s_attn_out, what=k(m["pre_intermediate_act"])),
-        intermediate_dense=inter_dense,
-        gelu=gelu,
-        intermediate_output_activation=act_params(act8, s_inter_out, gelu, what=k(m["intermediate_output_activation"])),
-        pre_output_act=requant_params(act8, s_pre_out, s_inter_out, what=k(m["pre_output_act"])),
-        output_dense=out_dense,
-        output_ln_input_act=output_ln_input_act,
-        output_layernorm=ln2,
-        output_activation=act_params(act8, s_layer_out, ln2, what=k(m["output_activation"])),
-        input_scale=np.asarray(in_scale, dtype=F32),
-    )
+    """Encoder layer ``i``'s constants for input scale ``in_scale`` (:func:`compile_block` of
+    :data:`ibert_ref.dataflow.LAYER`)."""
+    fields = compile_block(dp, get, i, in_scale, num_heads, fd, eps)
+    return LayerParams(**fields, input_scale=np.asarray(in_scale, dtype=F32))
 
 
 def dequantized_ops(config: dict) -> frozenset:

@@ -288,6 +288,17 @@ def split_name(name: str) -> Tuple[Optional[int], str]:
     raise KeyError(f"not an I-BERT module path: {name}")
 
 
+def absolute_op(name: str) -> Op:
+    """The op row of an absolute op or module path with absolute names, as :func:`block_ops`
+    gives it (``embeddings_act1``: its second call)."""
+    layer, short = split_name(name)
+    full = (EMBEDDINGS_PREFIX if layer is None else layer_prefix(layer)) + short
+    for op in block_ops(layer):
+        if op.name == full:
+            return op
+    raise KeyError(f"not an I-BERT quantized module: {name}")
+
+
 def op_of(name: str) -> Op:
     """The op row (relative names) of an absolute op or module path; for ``embeddings_act1``
     the second call's row."""

@@ -3,7 +3,6 @@ and update its range (semantics: :mod:`ibert_ref.calibrate`)."""
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -16,9 +15,8 @@ from ..compile import (
     dequantized_ops,
     embedding_params,
     expected_shape,
-    gelu_params,
     layernorm_params,
-    linear_params,
+    op_params,
     requant_params,
     softmax_params,
 )
@@ -256,27 +254,19 @@ class Calibrator:
         dp, k, name = self.dp, op.kernel, op.module
         if k == "quant_embedding":
             p = self._tables[op.params]
-        elif k == "quant_linear":
-            p = linear_params(dp, self.get(name + ".weight"), self.get(name + ".bias"), args[0].scale)
         elif k == "requantize":
             p = self._act_params(op, args[0], args[1] if len(args) > 1 else None)
-        elif k == "attention_scores":
-            head_dim = self.config["hidden_size"] // self.config["num_attention_heads"]
-            p = (args[0].scale * args[1].scale) / F32(math.sqrt(head_dim))
         elif k == "int_exp":
             p = self._softmax_params(op, args[0], self._compiled[op.inputs[0]])
         elif k == "softmax_normalize":
             p = self._compiled[op.inputs[0]]
-        elif k == "attention_context":
-            p = F32(1.0 / 256.0) * args[1].scale
-        elif k == "int_gelu":
-            p = gelu_params(dp, args[0].scale)
         elif k == "int_layernorm":
             shift = layernorm_train_shift(dp, args[0], self.tracker.shifts.get(name, 0), name)
             self.tracker.shifts[name] = shift
             p = layernorm_params(dp, self.get(name + ".weight"), self.get(name + ".bias"), np.array([shift], dtype=F32))
-        else:  # pragma: no cover - every kernel of the dataflow is listed
-            raise KeyError(k)
+        else:  # quant_linear, the attention scales, int_gelu: from the inputs' scales, as compiled
+            head_dim = self.config["hidden_size"] // self.config["num_attention_heads"]
+            p = op_params(dp, op, [getattr(a, "scale", None) for a in args], self.get, head_dim=head_dim)
         self._compiled[op.name] = p
         return p
 

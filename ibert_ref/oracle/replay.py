@@ -9,22 +9,13 @@ too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Dict
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, Sequence, Tuple
 
 import numpy as np
 
-from .. import kernels as K
-from ..compile import (
-    act_scale,
-    embedding_params,
-    gelu_params,
-    layernorm_params,
-    linear_params,
-    requant_params,
-    softmax_params,
-)
-from ..dataflow import Op, module_kind, op_of, quant_act_bits, run_op
+from ..compile import op_params
+from ..dataflow import Op, absolute_op, module_kind, op_of, quant_act_bits, run_op
 from ..datapath import Datapath, QTensor, TransformersDatapath
 from ..intops import SATURATION_I64
 from ..quant import F32
@@ -91,46 +82,55 @@ class NotReplayable(Exception):
     """This op has no stand-alone counterpart in the datapath (see the message)."""
 
 
+def module_params(dp: Datapath, get: Callable[[str], np.ndarray], name: str, in_scales: Sequence) -> Tuple[Op, object]:
+    """``(op row, constants)`` for one call of transformers' module ``name`` whose inputs had the
+    scales ``in_scales`` (the input, then a QuantAct's identity if the call had one; None for a
+    float input): the constants re-derived by :func:`ibert_ref.compile.op_params`, as the model
+    compiles them. A QuantAct runs as transformers calls it, one requantization of its input
+    (:data:`REQUANTIZE_ROW`), whatever op of the dataflow it belongs to; IntSoftmax's constants
+    are its i-exp QuantAct's."""
+    kind = module_kind(name)
+    if kind == "QuantAct":
+        row = replace(REQUANTIZE_ROW, name=name, bits=quant_act_bits(name),
+                      identity="identity" if len(in_scales) > 1 else None)
+        return row, op_params(dp, row, in_scales, get)
+    owner = absolute_op(name + ".act" if kind == "IntSoftmax" else name)
+    return op_of(name), op_params(dp, owner, in_scales, get)
+
+
 def replay_op(dp: Datapath, get: Callable[[str], np.ndarray], name: str, args, kwargs) -> QTensor:
     """Run our kernel for module ``name`` on transformers' inputs ``args``/``kwargs``: the
     module's op of :mod:`ibert_ref.dataflow` through its one dispatcher, with constants
-    derived from the scales the module received (IntSoftmax: its i-exp op, then its
-    normalisation)."""
-    op, kind = op_of(name), module_kind(name)
+    derived from the scales the module received (:func:`module_params`; IntSoftmax: its i-exp
+    op, then its normalisation)."""
+    kind = module_kind(name)
     if kind == "QuantEmbedding":
-        return run_op(dp, op, embedding_params(dp, get(name + ".weight")), [np.asarray(args[0])])
+        row, params = module_params(dp, get, name, [None])
+        return run_op(dp, row, params, [np.asarray(args[0])])
     scale_arg = args[1] if len(args) > 1 else kwargs.get("scaling_factor")
     if kind == "QuantAct" and scale_arg is None:
         # a float producer (force_dequant): QuantAct's input-quantization path, which
         # ignores any identity (transformers' behaviour, see kernels.quantize_input)
-        bits = quant_act_bits(name)
-        return run_op(dp, REQUANTIZE_ROW, K.QuantizeInputParams(bits, act_scale(get, name, bits)), [_f32(args[0])])
+        row, params = module_params(dp, get, name, [None])
+        return run_op(dp, row, params, [_f32(args[0])])
     x, s = _f32(args[0]), _f32(scale_arg)
     if kind == "QuantAct":
-        if op.kernel != "requantize" and not isinstance(dp, TransformersDatapath):
+        if op_of(name).kernel != "requantize" and not isinstance(dp, TransformersDatapath):
             raise NotReplayable(
                 "the exact datapath folds i-exp's left shift into this requantization "
                 "(exp_int, up to ~2^70, is never materialised): replay IntSoftmax as a whole"
             )
-        bits = quant_act_bits(name)
         identity = kwargs.get("identity", args[2] if len(args) > 2 else None)
         id_scale = kwargs.get("identity_scaling_factor", args[3] if len(args) > 3 else None)
-        params = requant_params(bits, act_scale(get, name, bits), s, None if identity is None else _f32(id_scale))
+        row, params = module_params(dp, get, name, [s] + ([] if identity is None else [_f32(id_scale)]))
         ins = [as_datapath_input(dp, x, s)] + ([] if identity is None else [as_datapath_input(dp, identity, id_scale)])
-        return run_op(dp, REQUANTIZE_ROW, params, ins)
-    if kind == "QuantLinear":
-        params = linear_params(dp, get(name + ".weight"), get(name + ".bias"), s)
-        return run_op(dp, op, params, [as_datapath_input(dp, x, s)])
+        return run_op(dp, row, params, ins)
     if kind == "IntSoftmax":
-        params = softmax_params(dp, s.reshape(1), act_scale(get, name + ".act", quant_act_bits(name + ".act")))
+        row, params = module_params(dp, get, name, [s.reshape(1)])
         exp16 = run_op(dp, op_of(name + ".act"), params, [dp.recover(as_datapath_input(dp, x, s.reshape(1)))])
-        return run_op(dp, op, params, [exp16])
-    if kind == "IntGELU":
-        return run_op(dp, op, gelu_params(dp, s), [as_datapath_input(dp, x, s)])
-    if kind == "IntLayerNorm":
-        params = layernorm_params(dp, get(name + ".weight"), get(name + ".bias"), get(name + ".shift"))
-        return run_op(dp, op, params, [as_datapath_input(dp, x, s)])
-    raise KeyError(kind)
+        return run_op(dp, row, params, [exp16])
+    row, params = module_params(dp, get, name, [s])
+    return run_op(dp, row, params, [as_datapath_input(dp, x, s)])
 
 
 def replay_capture(capture, get: Callable[[str], np.ndarray], dp: Datapath | None = None) -> Dict[str, OpComparison]:

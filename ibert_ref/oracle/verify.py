@@ -52,22 +52,11 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from .. import intops
-from .. import kernels as K
-from ..compile import (
-    SOFTMAX_ACT_BITS,
-    act_scale,
-    embedding_params,
-    expected_shape,
-    gelu_params,
-    layernorm_params,
-    linear_params,
-    requant_params,
-    softmax_params,
-)
-from ..dataflow import LAYER_INPUT_OPS, block_output, module_kind, op_of, quant_act_bits, run_op
+from ..compile import SOFTMAX_ACT_BITS, act_scale, expected_shape
+from ..dataflow import LAYER_INPUT_OPS, block_output, module_kind, op_of, run_op
 from ..datapath import Datapath, ExactDatapath, GemmBackend, QTensor, TransformersDatapath, split_heads
 from ..quant import F32, dyadic_from_ratio, dyadic_requant, weight_scale_per_channel_f32
-from .replay import REQUANTIZE_ROW, compare_integers
+from .replay import compare_integers, module_params
 
 F64 = np.float64
 
@@ -280,44 +269,34 @@ def run_module(dp, get: Callable[[str], np.ndarray], name: str, args, kwargs, st
     output integers (int64). ``style`` says how inputs are handed to ``dp``.
     ``want="exp"`` (IntSoftmax only): return the 16-bit exponentials (the i-exp op's output)
     computed from the module's input scores instead of the probabilities."""
-    op, kind = op_of(name), module_kind(name)
+    kind = module_kind(name)
     if kind == "QuantEmbedding":
-        out = run_op(dp, op, embedding_params(dp, get(name + ".weight")), [np.asarray(args[0])])
-        return dp.integers(out).astype(np.int64)
+        row, params = module_params(dp, get, name, [None])
+        return dp.integers(run_op(dp, row, params, [np.asarray(args[0])])).astype(np.int64)
     x = np.asarray(args[0])
     if kind == "QuantAct" and _input_scale(args, kwargs) is None:
         # a float producer (force_dequant): QuantAct's input-quantization path (no identity)
-        bits = quant_act_bits(name)
-        out = run_op(dp, REQUANTIZE_ROW, K.QuantizeInputParams(bits, act_scale(get, name, bits)), [np.asarray(x, F32)])
-        return dp.integers(out).astype(np.int64)
+        row, params = module_params(dp, get, name, [None])
+        return dp.integers(run_op(dp, row, params, [np.asarray(x, F32)])).astype(np.int64)
     s = np.asarray(_input_scale(args, kwargs), F32)
-    if kind == "QuantAct" and op.kernel == "int_exp":
+    if kind == "QuantAct" and op_of(name).kernel == "int_exp":
         out = _softmax_act(dp, get, name, x, s, style)
     elif kind == "QuantAct":
-        bits = quant_act_bits(name)
         identity = _arg(args, kwargs, 2, "identity")
-        id_scale = _arg(args, kwargs, 3, "identity_scaling_factor")
-        id_scale = None if identity is None else np.asarray(id_scale, F32)
-        params = requant_params(bits, act_scale(get, name, bits), s, id_scale)
+        id_scale = None if identity is None else np.asarray(_arg(args, kwargs, 3, "identity_scaling_factor"), F32)
+        row, params = module_params(dp, get, name, [s] + ([] if identity is None else [id_scale]))
         ins = [QTensor(_input(style, x, s), s)]
         if identity is not None:
             ins.append(QTensor(_input(style, identity, id_scale), id_scale))
-        out = run_op(dp, REQUANTIZE_ROW, params, ins)
-    elif kind == "QuantLinear":
-        params = linear_params(dp, get(name + ".weight"), get(name + ".bias"), s)
-        out = run_op(dp, op, params, [QTensor(_input(style, x, s), s)])
+        out = run_op(dp, row, params, ins)
     elif kind == "IntSoftmax":
-        params = softmax_params(dp, s.reshape(1), act_scale(get, name + ".act", quant_act_bits(name + ".act")))
+        row, params = module_params(dp, get, name, [s.reshape(1)])
         out = run_op(dp, op_of(name + ".act"), params, [_scores(style, x, s.reshape(1))])
         if want != "exp":
-            out = run_op(dp, op, params, [out])
-    elif kind == "IntGELU":
-        out = run_op(dp, op, gelu_params(dp, s), [QTensor(_input(style, x, s), s)])
-    elif kind == "IntLayerNorm":
-        params = layernorm_params(dp, get(name + ".weight"), get(name + ".bias"), get(name + ".shift"))
-        out = run_op(dp, op, params, [QTensor(_input(style, x, s), s)])
-    else:  # pragma: no cover - module_kind raises first
-        raise KeyError(kind)
+            out = run_op(dp, row, params, [out])
+    else:  # QuantLinear, IntGELU, IntLayerNorm
+        row, params = module_params(dp, get, name, [s])
+        out = run_op(dp, row, params, [QTensor(_input(style, x, s), s)])
     with np.errstate(invalid="ignore"):
         return dp.integers(out).astype(np.int64)
 
