@@ -337,6 +337,11 @@ class ExactDatapath(Datapath):
     #: whether this is a fast route to the reference's integers (a backend) or the reference
     fast = False
 
+    def __init__(self, fast: bool = False):
+        if fast and type(self) is ExactDatapath:
+            raise ValueError("ExactDatapath is the reference (integer-only, slow); the same integers faster: "
+                             "make_datapath('exact') (the NumPy backend, FastExactDatapath) or backend='compiled'")
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 

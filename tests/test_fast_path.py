@@ -327,6 +327,9 @@ def test_make_datapath_exact_is_fast_by_default_and_reference_on_request():
     assert type(make_datapath("exact", fast=False)) is ExactDatapath and make_datapath("exact", fast=False).fast is False
     with pytest.raises(ValueError, match="fast=False"):
         make_datapath("exact", backend="compiled", fast=False)
+    assert type(ExactDatapath(fast=False)) is ExactDatapath  # the keyword of the old constructor still reads
+    with pytest.raises(ValueError, match=r"make_datapath\('exact'\)"):
+        ExactDatapath(fast=True)  # the reference has no fast mode: the error names where it went
 
 
 @FAST

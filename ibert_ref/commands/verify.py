@@ -18,23 +18,14 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", nargs="+", default=None, type=input_text,
                      help="input text(s); several texts form a padded batch")
-    src.add_argument(
-        "--input-ids",
-        default=None,
-        metavar="FILE",
-        type=nonempty("file name"),
-        help="token ids instead of text: .npy/.npz (input_ids [+ attention_mask]), .json (list of id lists "
-        "or {input_ids, attention_mask}) or text (one sequence per line, ids separated by spaces/commas); "
-        "integers only, a mask of exactly the ids' shape holding 0/1; ragged rows without a mask are padded",
-    )
-    src.add_argument(
-        "--texts",
-        default=None,
-        metavar="FILE",
-        type=nonempty("file name"),
-        help="many inputs, one sentence per line: run as Dask tasks (batches of equal-length sentences) "
-        "through the sweep engine into --out (--workers / --scheduler / --resume; the sweep extra)",
-    )
+    for flag, text in (
+        ("--input-ids", "token ids instead of text: .npy/.npz (input_ids [+ attention_mask]), .json (list of id "
+         "lists or {input_ids, attention_mask}) or text (one sequence per line, ids separated by spaces/commas); "
+         "integers only, a mask of exactly the ids' shape holding 0/1; ragged rows without a mask are padded"),
+        ("--texts", "many inputs, one sentence per line: run as Dask tasks (batches of equal-length sentences) "
+         "through the sweep engine into --out (--workers / --scheduler / --resume; the sweep extra)"),
+    ):
+        src.add_argument(flag, default=None, metavar="FILE", type=nonempty("file name"), help=text)
     add_cluster_options(p)
 
 
