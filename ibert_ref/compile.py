@@ -473,7 +473,7 @@ def op_output_scale(op: Op, p, in_scales: Sequence):
         return p.scale
     if k == "requantize":
         return act_out_scale(p)
-    if k in ("attention_scores",):
+    if k == "attention_scores":
         return p
     if k == "attention_context":
         return None if in_scales[0] is None else p
