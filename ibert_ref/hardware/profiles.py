@@ -123,33 +123,18 @@ PROBS_VARIANTS = ("u9", "u8-sat")
 #: The parameters of a profile (:meth:`HardwareDatapath.parameters`), in this order.
 PARAMETERS = ("acc_bits", "overflow", "k_step", "requant", "exp", "gelu", "ln_var", "sqrt", "probs")
 
+#: The int32-realizable non-linearities every integer target profile uses: the softmax exponent
+#: shift folded into the requantization, the int32 IntGELU, LayerNorm's variance as a uint32.
+INT32_NONLINEAR = dict(exp="fold", gelu="int32", ln_var="uint32")
+
 #: The named profiles: name -> parameters (keyword overrides are applied on top).
 PROFILES = {
     "generic": dict(acc_bits=32, overflow="wrap", k_step=None, requant="ibert"),
-    "arm": dict(
-        acc_bits=32, overflow="wrap", k_step=None, requant="arm", exp="fold", gelu="int32", ln_var="uint32"
-    ),
-    "tensor-core": dict(
-        acc_bits=32,
-        overflow="saturate",
-        k_step=32,
-        requant="tflite-single",
-        exp="fold",
-        gelu="int32",
-        ln_var="uint32",
-    ),
+    "arm": dict(acc_bits=32, overflow="wrap", k_step=None, requant="arm", **INT32_NONLINEAR),
+    "tensor-core": dict(acc_bits=32, overflow="saturate", k_step=32, requant="tflite-single", **INT32_NONLINEAR),
     # its GEMMs are ibert_ref.hardware.x86's (make_profile builds X86VnniDatapath)
-    "x86-vnni": dict(
-        acc_bits=32,
-        overflow="wrap",
-        k_step=4,
-        requant="cutlass-f32",
-        exp="fold",
-        gelu="int32",
-        ln_var="uint32",
-        probs="u8-sat",
-        madd="vpdpbusd",
-    ),
+    "x86-vnni": dict(acc_bits=32, overflow="wrap", k_step=4, requant="cutlass-f32", **INT32_NONLINEAR,
+                     probs="u8-sat", madd="vpdpbusd"),
 }
 PROFILES["x86-avx2"] = {**PROFILES["x86-vnni"], "madd": "vpmaddubsw"}  # = x86-vnni with madd=vpmaddubsw
 
