@@ -158,8 +158,10 @@ class IBertPreTrainedHead:
         *,
         allow_missing_head: bool = False,
         integer_heads: bool = False,
+        backend: str = "numpy",
     ):
-        """Compile a loaded :class:`~ibert_ref.loading.Checkpoint` (task or base checkpoint)."""
+        """Compile a loaded :class:`~ibert_ref.loading.Checkpoint` (task or base checkpoint);
+        ``backend`` as :meth:`IBertModel.from_pretrained` (the encoder's; the same integers)."""
         config = checkpoint.config
         cls.check_head_config(config)
         shapes = cls.head_shapes(config)
@@ -186,7 +188,7 @@ class IBertPreTrainedHead:
             else:
                 tensors[key] = checkpoint.tensor(key, shape=shape).astype(F32)
         ibert = IBertModel.from_checkpoint(
-            checkpoint, datapath=datapath, gemm=gemm, add_pooling_layer=cls.add_pooling_layer
+            checkpoint, datapath=datapath, gemm=gemm, add_pooling_layer=cls.add_pooling_layer, backend=backend
         )
         head = cls._build_head(tensors, checkpoint, ibert)
         return cls(ibert, head, missing_head_keys=missing, integer_heads=integer_heads)
@@ -203,10 +205,11 @@ class IBertPreTrainedHead:
         local_files_only: bool = False,
         allow_missing_head: bool = False,
         integer_heads: bool = False,
+        backend: str = "numpy",
     ):
         """Load config.json + model.safetensors (folder, Hub id or the offline cache) and compile.
 
-        ``datapath``/``gemm`` as :meth:`IBertModel.from_pretrained`. ``allow_missing_head``:
+        ``datapath``/``gemm``/``backend`` as :meth:`IBertModel.from_pretrained`. ``allow_missing_head``:
         accept a checkpoint without this head's weights (zero placeholders, with a warning).
         ``integer_heads``: run pooler/head in integer arithmetic (beyond transformers).
         ``name_or_path=None`` is the bundled tiny model (an ``IBertModel`` checkpoint: it
@@ -217,9 +220,8 @@ class IBertPreTrainedHead:
         checkpoint = load_pretrained_checkpoint(
             name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only
         )
-        return cls.from_checkpoint(
-            checkpoint, datapath=datapath, gemm=gemm, allow_missing_head=allow_missing_head, integer_heads=integer_heads
-        )
+        return cls.from_checkpoint(checkpoint, datapath=datapath, gemm=gemm, allow_missing_head=allow_missing_head,
+                                   integer_heads=integer_heads, backend=backend)
 
     @classmethod
     def _build_head(cls, tensors: dict, checkpoint, ibert: IBertModel) -> dict:

@@ -342,3 +342,25 @@ def test_integer_heads_are_integer_and_close_to_the_float_heads(built, cls_name)
     assert cmp.max_abs_error <= 0.05 * max(1.0, cmp.max_abs_logit)
     if cmp.argmax_agreement is not None:
         assert cmp.argmax_agreement >= 0.9, cmp
+
+
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_heads_on_the_compiled_backend_give_the_reference_integers(built, cls_name):
+    """``backend="compiled"`` on a task model: the encoder's integers (every traced op) and the
+    logits (float heads, and integer heads) are those of the exact reference datapath."""
+    pytest.importorskip("numba")
+    from ibert_ref.datapath import ExactDatapath
+
+    _, folder = built[cls_name]
+    ids, mask, _ = inputs_for(cls_name)
+    cls = getattr(H, cls_name)
+    for integer_heads in (False, True):
+        fast = cls.from_pretrained(str(folder), backend="compiled", integer_heads=integer_heads)
+        ref = cls.from_pretrained(str(folder), datapath=ExactDatapath(), integer_heads=integer_heads)
+        assert fast.ibert.datapath.backend == "compiled"
+        out_fast = fast(ids, attention_mask=mask, return_trace=True)
+        out_ref = ref(ids, attention_mask=mask, return_trace=True)
+        for k in out_ref.trace:
+            np.testing.assert_array_equal(out_fast.trace[k], out_ref.trace[k], err_msg=k)
+        for field in logit_fields(cls_name):
+            np.testing.assert_array_equal(getattr(out_fast, field), getattr(out_ref, field), err_msg=field)

@@ -36,7 +36,7 @@ _NARROW_SIGNED = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32), np.
 
 
 def clamp_signed_narrow(x: np.ndarray, bits: int) -> np.ndarray:
-    """:func:`clamp_signed`, returned in the narrowest of int8/int16/int32 holding ``bits``
+    """:func:`ibert_ref.intops.clamp_signed`, returned in the narrowest of int8/int16/int32 holding ``bits``
     signed bits (one pass: the clip writes the narrow array)."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     x = np.asarray(x)
