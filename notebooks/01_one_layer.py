@@ -44,36 +44,23 @@
 # and its **width** (how many bits `q` needs: the hardware cost).
 
 # %%
-import io
 import math
 import time
 from pathlib import Path
 import warnings
 from fractions import Fraction
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless backend: figures are rendered to PNG and displayed below
-import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import Image, display
 
 from safetensors.numpy import load_file
 
 from ibert_ref import IBertModel, QTensor, Tokenizer
 from ibert_ref import kernels as K
+from ibert_ref.figures import pyplot, show_fig
 
 np.set_printoptions(linewidth=110)
 t_start = time.perf_counter()
-
-
-def show_fig(fig):  # render with Agg and display as a PNG (works in Jupyter and headless)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    display(Image(buf.getvalue()))
-
+plt = pyplot()  # matplotlib on its headless Agg backend; show_fig displays a figure as a PNG
 
 model = IBertModel.from_pretrained()  # the bundled tiny I-BERT, exact integer datapath
 tok = Tokenizer.from_pretrained()

@@ -36,31 +36,19 @@
 # model.
 
 # %%
-import io
 import math
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless backend: figures are rendered to PNG and displayed below
-import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import Image, display
 
 from ibert_ref import QTensor, make_datapath
 from ibert_ref import kernels as K
+from ibert_ref.figures import pyplot, show_fig
 from ibert_ref.compile import GELU_COEF, SOFTMAX_COEF, SOFTMAX_X0, gelu_params, softmax_params
 
 np.set_printoptions(linewidth=110)
 t_start = time.perf_counter()
-
-
-def show_fig(fig):  # render with Agg and display as a PNG (works in Jupyter and headless)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    display(Image(buf.getvalue()))
+plt = pyplot()  # matplotlib on its headless Agg backend; show_fig displays a figure as a PNG
 dp = make_datapath("exact")  # the exact integer number system the kernels run on
 F32 = np.float32
 erf = np.vectorize(math.erf, otypes=[float])

@@ -34,31 +34,19 @@
 # bits every op needs (the **width census**), and provokes overflows on purpose.
 
 # %%
-import io
 import time
 import warnings
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless backend: figures are rendered to PNG and displayed below
-import matplotlib.pyplot as plt
 import numpy as np
-from IPython.display import Image, display
 
 from ibert_ref import IBertModel, QTensor, Tokenizer, available_datapaths
 from ibert_ref import kernels as K
+from ibert_ref.figures import pyplot, show_fig
 from ibert_ref.hardware import IntegerOverflowError, int_matmul, wrap
 
 np.set_printoptions(linewidth=110)
 t_start = time.perf_counter()
-
-
-def show_fig(fig):  # render with Agg and display as a PNG (works in Jupyter and headless)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    display(Image(buf.getvalue()))
+plt = pyplot()  # matplotlib on its headless Agg backend; show_fig displays a figure as a PNG
 
 
 def bits_needed_signed(lo, hi):
