@@ -31,6 +31,8 @@ from ibert_ref.data import default_model_path
 from ibert_ref.loading import Checkpoint, CheckpointError, load_checkpoint
 from ibert_ref.model import IBertModel
 
+from cli_helpers import run_cli
+
 TINY = {
     "model_type": "ibert", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 1,
     "intermediate_size": 16, "vocab_size": 20, "max_position_embeddings": 12, "type_vocab_size": 1,
@@ -301,17 +303,6 @@ def test_corrupted_safetensors_give_checkpoint_error_or_the_exact_tensor_layout(
 
 # ---------------------------------------------------------------------------------------
 # Fuzz: the command line
-def run_cli(argv):
-    """``cli.main(argv)`` with stdout/stderr captured: returns (code, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, err.getvalue()
-
-
 WORDS = st.sampled_from(
     ["--model", "--datapath", "--gemm", "--layers", "--values", "--revision", "--cache-dir", "--local-files-only",
      "--help", "--version", "-h", "--", "-", "exact", "transformers", "numpy", "torch", "0", "1", "-1", "0,1", ",",
@@ -384,9 +375,10 @@ def check_cli_run(cwd: Path, argv) -> None:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("HF_HUB_OFFLINE", "1")
             mp.delenv("IBERT_REF_DEBUG", raising=False)
-            code, err = run_cli(argv)
+            code, _, err = run_cli(argv)
     finally:
         os.chdir(old)
+    code = code if isinstance(code, int) else 2  # a SystemExit without an int code: Python exits nonzero
     assert code in (0, 2) or (code == 3 and "overflow" in err), (argv, code, err)  # 3: overflow='raise' in run
     assert "Traceback" not in err, (argv, err)
     if code == 2:

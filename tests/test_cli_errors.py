@@ -8,8 +8,6 @@ Exit codes: 0 ran, 2 error (argparse usage errors too), 130 interrupted (Ctrl-C)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import re
@@ -25,18 +23,9 @@ from ibert_ref.commands import _args, _inputs
 from ibert_ref.commands._args import ArgError
 from ibert_ref.commands._inputs import hub_preflight, read_ids_file, read_text_lines
 
+from cli_helpers import run_cli
+
 TEXT = "The capital of France is Paris."
-
-
-def run_cli(argv):
-    """``cli.main(argv)`` with stdout/stderr captured: (code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def one_error_line(err: str, command: str) -> str:

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ibert_ref import cli
 from ibert_ref import strategies as S
 from ibert_ref.data import default_model_path
 from ibert_ref.outdir import OutputDirError, apply_umask, check_output_dir, output_dir
+
+from cli_helpers import run_cli
 
 TINY = {
     "model_type": "ibert", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 4,
@@ -204,19 +205,6 @@ def test_apply_umask_follows_the_mask_and_keeps_executables_executable(tmp_path)
 
 # ---------------------------------------------------------------------------------------
 # The commands
-def run_cli(argv):
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = cli.main(argv)
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A 4-layer and a 2-layer random checkpoint, and an ids file they both accept."""
