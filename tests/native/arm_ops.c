@@ -18,45 +18,27 @@
 #include <arm_sve.h>
 #endif
 
+#include "records_io.h"
+
 static int64_t *in_buf, *out_buf;
 static size_t n_in;
 
-static void die(const char *msg) { fprintf(stderr, "arm_ops: %s\n", msg); exit(2); }
 
-/* ---- 32-bit lanes, binary ops: records (a, b) -> r ---- */
-#define BINARY32(NAME, EXPR)                                                                   \
+/* ---- binary ops on one 128-bit register of LANES x T lanes: records (a, b) -> r ---- */
+#define BINARY(NAME, T, LANES, VT, LD, ST, EXPR)                                               \
     static void NAME(size_t n) {                                                              \
-        for (size_t i = 0; i < n; i += 4) {                                                   \
-            int32_t a[4], b[4], r[4];                                                         \
-            for (int l = 0; l < 4; l++) { a[l] = (int32_t)in_buf[2 * (i + l)];                \
-                                          b[l] = (int32_t)in_buf[2 * (i + l) + 1]; }          \
-            int32x4_t va = vld1q_s32(a), vb = vld1q_s32(b);                                   \
-            vst1q_s32(r, EXPR);                                                               \
-            for (int l = 0; l < 4; l++) out_buf[i + l] = r[l];                                \
+        for (size_t i = 0; i < n; i += LANES) {                                               \
+            T a[LANES], b[LANES], r[LANES];                                                   \
+            for (int l = 0; l < LANES; l++) { a[l] = (T)in_buf[2 * (i + l)];                  \
+                                              b[l] = (T)in_buf[2 * (i + l) + 1]; }            \
+            VT va = LD(a), vb = LD(b);                                                        \
+            ST(r, EXPR);                                                                      \
+            for (int l = 0; l < LANES; l++) out_buf[i + l] = r[l];                            \
         }                                                                                     \
     }
-#define BINARY16(NAME, EXPR)                                                                   \
-    static void NAME(size_t n) {                                                              \
-        for (size_t i = 0; i < n; i += 8) {                                                   \
-            int16_t a[8], b[8], r[8];                                                         \
-            for (int l = 0; l < 8; l++) { a[l] = (int16_t)in_buf[2 * (i + l)];                \
-                                          b[l] = (int16_t)in_buf[2 * (i + l) + 1]; }          \
-            int16x8_t va = vld1q_s16(a), vb = vld1q_s16(b);                                   \
-            vst1q_s16(r, EXPR);                                                               \
-            for (int l = 0; l < 8; l++) out_buf[i + l] = r[l];                                \
-        }                                                                                     \
-    }
-#define BINARY8(NAME, EXPR)                                                                    \
-    static void NAME(size_t n) {                                                              \
-        for (size_t i = 0; i < n; i += 16) {                                                  \
-            int8_t a[16], b[16], r[16];                                                       \
-            for (int l = 0; l < 16; l++) { a[l] = (int8_t)in_buf[2 * (i + l)];                \
-                                           b[l] = (int8_t)in_buf[2 * (i + l) + 1]; }          \
-            int8x16_t va = vld1q_s8(a), vb = vld1q_s8(b);                                     \
-            vst1q_s8(r, EXPR);                                                                \
-            for (int l = 0; l < 16; l++) out_buf[i + l] = r[l];                               \
-        }                                                                                     \
-    }
+#define BINARY32(NAME, EXPR) BINARY(NAME, int32_t, 4, int32x4_t, vld1q_s32, vst1q_s32, EXPR)
+#define BINARY16(NAME, EXPR) BINARY(NAME, int16_t, 8, int16x8_t, vld1q_s16, vst1q_s16, EXPR)
+#define BINARY8(NAME, EXPR) BINARY(NAME, int8_t, 16, int8x16_t, vld1q_s8, vst1q_s8, EXPR)
 
 BINARY32(op_sqrdmulh32, vqrdmulhq_s32(va, vb))
 BINARY16(op_sqrdmulh16, vqrdmulhq_s16(va, vb))
@@ -68,30 +50,21 @@ BINARY32(op_sshl32, vshlq_s32(va, vb))
 BINARY32(op_sqrshl32, vqrshlq_s32(va, vb))
 
 /* ---- SQRDMLAH: records (acc, a, b) -> r ---- */
-static void op_sqrdmlah32(size_t n) {
-    for (size_t i = 0; i < n; i += 4) {
-        int32_t c[4], a[4], b[4], r[4];
-        for (int l = 0; l < 4; l++) {
-            c[l] = (int32_t)in_buf[3 * (i + l)];
-            a[l] = (int32_t)in_buf[3 * (i + l) + 1];
-            b[l] = (int32_t)in_buf[3 * (i + l) + 2];
-        }
-        vst1q_s32(r, vqrdmlahq_s32(vld1q_s32(c), vld1q_s32(a), vld1q_s32(b)));
-        for (int l = 0; l < 4; l++) out_buf[i + l] = r[l];
+#define TERNARY(NAME, T, LANES, LD, ST, OP)                                                    \
+    static void NAME(size_t n) {                                                              \
+        for (size_t i = 0; i < n; i += LANES) {                                               \
+            T c[LANES], a[LANES], b[LANES], r[LANES];                                         \
+            for (int l = 0; l < LANES; l++) {                                                 \
+                c[l] = (T)in_buf[3 * (i + l)];                                                \
+                a[l] = (T)in_buf[3 * (i + l) + 1];                                            \
+                b[l] = (T)in_buf[3 * (i + l) + 2];                                            \
+            }                                                                                 \
+            ST(r, OP(LD(c), LD(a), LD(b)));                                                   \
+            for (int l = 0; l < LANES; l++) out_buf[i + l] = r[l];                            \
+        }                                                                                     \
     }
-}
-static void op_sqrdmlah16(size_t n) {
-    for (size_t i = 0; i < n; i += 8) {
-        int16_t c[8], a[8], b[8], r[8];
-        for (int l = 0; l < 8; l++) {
-            c[l] = (int16_t)in_buf[3 * (i + l)];
-            a[l] = (int16_t)in_buf[3 * (i + l) + 1];
-            b[l] = (int16_t)in_buf[3 * (i + l) + 2];
-        }
-        vst1q_s16(r, vqrdmlahq_s16(vld1q_s16(c), vld1q_s16(a), vld1q_s16(b)));
-        for (int l = 0; l < 8; l++) out_buf[i + l] = r[l];
-    }
-}
+TERNARY(op_sqrdmlah32, int32_t, 4, vld1q_s32, vst1q_s32, vqrdmlahq_s32)
+TERNARY(op_sqrdmlah16, int16_t, 8, vld1q_s16, vst1q_s16, vqrdmlahq_s16)
 
 /* ---- SQRSHRN #n (immediate): records (x, n) -> r; n must be a literal, hence the switch ---- */
 #define C1(F, v, k) case k: return F(v, k);
@@ -150,17 +123,21 @@ static void op_smmla(size_t n) {
 }
 
 /* ---- requantization pipelines: records (x, m, shift) -> r, shift in [-31, 31] ---- */
+/* 4 records from i: x, m, and the shift split into left = max(shift, 0), negright = min(shift, 0) */
+static void gather_requant(size_t i, int32_t *x, int32_t *m, int32_t *left, int32_t *negright) {
+    for (int l = 0; l < 4; l++) {
+        const int64_t *rec = in_buf + 3 * (i + l);
+        int sh = (int)rec[2];
+        x[l] = (int32_t)rec[0]; m[l] = (int32_t)rec[1];
+        left[l] = sh > 0 ? sh : 0; negright[l] = sh > 0 ? 0 : sh;
+    }
+}
 /* gemmlowp / TFLite NEON: SQRDMULH(SSHL(x, left), m), then RoundingDivideByPOT with the fixup
  * (fixup = (x & -right) >> 31; x = SQADD(x, fixup); SRSHL(x, -right)). */
 static void op_mbqm_gemmlowp(size_t n) {
     for (size_t i = 0; i < n; i += 4) {
         int32_t x[4], m[4], left[4], negright[4], r[4];
-        for (int l = 0; l < 4; l++) {
-            const int64_t *rec = in_buf + 3 * (i + l);
-            int sh = (int)rec[2];
-            x[l] = (int32_t)rec[0]; m[l] = (int32_t)rec[1];
-            left[l] = sh > 0 ? sh : 0; negright[l] = sh > 0 ? 0 : sh;
-        }
+        gather_requant(i, x, m, left, negright);
         int32x4_t nr = vld1q_s32(negright);
         int32x4_t high = vqrdmulhq_s32(vshlq_s32(vld1q_s32(x), vld1q_s32(left)), vld1q_s32(m));
         int32x4_t fixup = vshrq_n_s32(vandq_s32(high, nr), 31);
@@ -173,12 +150,7 @@ static void op_mbqm_gemmlowp(size_t n) {
 static void op_requant_arm(size_t n) {
     for (size_t i = 0; i < n; i += 4) {
         int32_t x[4], m[4], left[4], negright[4], r[4];
-        for (int l = 0; l < 4; l++) {
-            const int64_t *rec = in_buf + 3 * (i + l);
-            int sh = (int)rec[2];
-            x[l] = (int32_t)rec[0]; m[l] = (int32_t)rec[1];
-            left[l] = sh > 0 ? sh : 0; negright[l] = sh > 0 ? 0 : sh;
-        }
+        gather_requant(i, x, m, left, negright);
         int32x4_t high = vqrdmulhq_s32(vshlq_s32(vld1q_s32(x), vld1q_s32(left)), vld1q_s32(m));
         vst1q_s32(r, vrshlq_s32(high, vld1q_s32(negright)));
         for (int l = 0; l < 4; l++) out_buf[i + l] = r[l];
@@ -238,27 +210,18 @@ static const struct op OPS[] = {
 };
 
 int main(int argc, char **argv) {
+    prog_name = "arm_ops";
     if (argc != 4) die("usage: arm_ops OP IN OUT");
     const struct op *op = NULL;
     for (size_t k = 0; k < sizeof OPS / sizeof OPS[0]; k++)
         if (!strcmp(OPS[k].name, argv[1])) op = &OPS[k];
     if (!op) die("unknown op");
-    FILE *f = fopen(argv[2], "rb");
-    if (!f) die("cannot open input");
-    fseek(f, 0, SEEK_END);
-    long bytes = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    n_in = (size_t)bytes / 8;
+    in_buf = read_int64_file(argv[2], &n_in);
     if (n_in % op->n_operands) die("input is not a whole number of records");
     size_t n = n_in / op->n_operands;
     if (n % 16) die("pad the record count to a multiple of 16");
-    in_buf = malloc(bytes + 8);
     out_buf = calloc(n * op->n_results + 1, 8);
-    if (fread(in_buf, 8, n_in, f) != n_in) die("short read");
-    fclose(f);
     op->run(n);
-    f = fopen(argv[3], "wb");
-    if (!f || fwrite(out_buf, 8, n * op->n_results, f) != n * op->n_results) die("cannot write output");
-    fclose(f);
+    write_int64_file(argv[3], out_buf, n * op->n_results);
     return 0;
 }

@@ -12,10 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "records_io.h"
+
 static int64_t *in_buf, *out_buf;
 static size_t n_in, n_out;
 
-static void die(const char *msg) { fprintf(stderr, "x86_ops: %s\n", msg); exit(2); }
 
 /* records (acc, u0..u3, w0..w3): gather 'lanes' of them into acc[], u[], w[] byte arrays */
 static void gather_dot(size_t i, int lanes, int32_t *acc, uint8_t *u, int8_t *w) {
@@ -24,6 +25,32 @@ static void gather_dot(size_t i, int lanes, int32_t *acc, uint8_t *u, int8_t *w)
         acc[l] = (int32_t)rec[0];
         for (int j = 0; j < 4; j++) { u[4 * l + j] = (uint8_t)rec[1 + j]; w[4 * l + j] = (int8_t)rec[5 + j]; }
     }
+}
+
+/* records (a0, a1, b0, b1): gather 'lanes' of them into pair arrays a[2 * lanes], b[2 * lanes] */
+#define GATHER_PAIRS(NAME, TA, TB)                                                             \
+    static inline void NAME(size_t i, int lanes, TA *a, TB *b) {                              \
+        for (int l = 0; l < lanes; l++) {                                                     \
+            const int64_t *rec = in_buf + 4 * (i + l);                                        \
+            a[2 * l] = (TA)rec[0]; a[2 * l + 1] = (TA)rec[1];                                 \
+            b[2 * l] = (TB)rec[2]; b[2 * l + 1] = (TB)rec[3];                                 \
+        }                                                                                     \
+    }
+GATHER_PAIRS(gather_pairs_u8_s8, uint8_t, int8_t)
+GATHER_PAIRS(gather_pairs_s16, int16_t, int16_t)
+
+/* A GEMM's weights from the file (K x N, row-major) interleaved for 4-byte dot products,
+ * w4[(k / 4) * N * 4 + c * 4 + k % 4] = w[k][c], and comp[c] = 128 * sum_k w[k][c]: what the
+ * u8 input u = x + 128 adds, subtracted at the end. Both arrays malloc'd; the caller frees them. */
+static inline void interleave_weights(const int64_t *wsrc, int64_t K, int64_t N, int8_t **w4, int32_t **comp) {
+    *w4 = malloc(K * N);
+    *comp = calloc(N, 4);
+    if (!*w4 || !*comp) die("out of memory");
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t c = 0; c < N; c++) {
+            (*w4)[(k / 4) * N * 4 + c * 4 + k % 4] = (int8_t)wsrc[k * N + c];
+            (*comp)[c] += 128 * (int32_t)wsrc[k * N + c];
+        }
 }
 
 #ifdef USE_AVX512VNNI
@@ -44,11 +71,7 @@ static void op_dpbusds(size_t n) { op_dpbusd512(n, 1); }
 static void op_maddubs(size_t n) {
     for (size_t i = 0; i < n; i += 32) {
         uint8_t u[64]; int8_t w[64]; int16_t r[32];
-        for (int l = 0; l < 32; l++) {
-            const int64_t *rec = in_buf + 4 * (i + l);
-            u[2 * l] = (uint8_t)rec[0]; u[2 * l + 1] = (uint8_t)rec[1];
-            w[2 * l] = (int8_t)rec[2]; w[2 * l + 1] = (int8_t)rec[3];
-        }
+        gather_pairs_u8_s8(i, 32, u, w);
         _mm512_storeu_si512(r, _mm512_maddubs_epi16(_mm512_loadu_si512(u), _mm512_loadu_si512(w)));
         for (int l = 0; l < 32; l++) out_buf[i + l] = r[l];
     }
@@ -73,13 +96,9 @@ static void op_gemm(size_t unused, int saturating) {
     int64_t M = in_buf[0], K = in_buf[1], N = in_buf[2];
     const int64_t *x = in_buf + 3, *wsrc = in_buf + 3 + M * K;
     if (K % 4 || N % 16) die("gemm: K % 4 and N % 16 must be 0");
-    int8_t *w = malloc(K * N);
-    int32_t *comp = calloc(N, 4);
-    for (int64_t k = 0; k < K; k++)
-        for (int64_t c = 0; c < N; c++) {
-            w[(k / 4) * N * 4 + c * 4 + k % 4] = (int8_t)wsrc[k * N + c];
-            comp[c] += 128 * (int32_t)wsrc[k * N + c];
-        }
+    int8_t *w;
+    int32_t *comp;
+    interleave_weights(wsrc, K, N, &w, &comp);
     for (int64_t m = 0; m < M; m++)
         for (int64_t c0 = 0; c0 < N; c0 += 16) {
             __m512i acc = _mm512_setzero_si512();
@@ -121,11 +140,7 @@ static void op_dpbusds(size_t n) { op_dpbusd256(n, 1); }
 static void op_maddubs(size_t n) {
     for (size_t i = 0; i < n; i += 16) {
         uint8_t u[32]; int8_t w[32]; int16_t r[16];
-        for (int l = 0; l < 16; l++) {
-            const int64_t *rec = in_buf + 4 * (i + l);
-            u[2 * l] = (uint8_t)rec[0]; u[2 * l + 1] = (uint8_t)rec[1];
-            w[2 * l] = (int8_t)rec[2]; w[2 * l + 1] = (int8_t)rec[3];
-        }
+        gather_pairs_u8_s8(i, 16, u, w);
         _mm256_storeu_si256((void *)r, _mm256_maddubs_epi16(_mm256_loadu_si256((void *)u), _mm256_loadu_si256((void *)w)));
         for (int l = 0; l < 16; l++) out_buf[i + l] = r[l];
     }
@@ -134,11 +149,7 @@ static void op_maddubs(size_t n) {
 static void op_maddwd(size_t n) {
     for (size_t i = 0; i < n; i += 8) {
         int16_t a[16], b[16]; int32_t r[8];
-        for (int l = 0; l < 8; l++) {
-            const int64_t *rec = in_buf + 4 * (i + l);
-            a[2 * l] = (int16_t)rec[0]; a[2 * l + 1] = (int16_t)rec[1];
-            b[2 * l] = (int16_t)rec[2]; b[2 * l + 1] = (int16_t)rec[3];
-        }
+        gather_pairs_s16(i, 8, a, b);
         _mm256_storeu_si256((void *)r, _mm256_madd_epi16(_mm256_loadu_si256((void *)a), _mm256_loadu_si256((void *)b)));
         for (int l = 0; l < 8; l++) out_buf[i + l] = r[l];
     }
@@ -162,13 +173,9 @@ static void op_gemm_maddubs(size_t unused) {
     int64_t M = in_buf[0], K = in_buf[1], N = in_buf[2];
     const int64_t *x = in_buf + 3, *wsrc = in_buf + 3 + M * K;
     if (K % 4 || N % 8) die("gemm: K % 4 and N % 8 must be 0");
-    int8_t *w = malloc(K * N);
-    int32_t *comp = calloc(N, 4);
-    for (int64_t k = 0; k < K; k++)
-        for (int64_t c = 0; c < N; c++) {
-            w[(k / 4) * N * 4 + c * 4 + k % 4] = (int8_t)wsrc[k * N + c];
-            comp[c] += 128 * (int32_t)wsrc[k * N + c];
-        }
+    int8_t *w;
+    int32_t *comp;
+    interleave_weights(wsrc, K, N, &w, &comp);
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t m = 0; m < M; m++)
         for (int64_t c0 = 0; c0 < N; c0 += 8) {
@@ -205,20 +212,13 @@ static const struct op OPS[] = {
 };
 
 int main(int argc, char **argv) {
+    prog_name = "x86_ops";
     if (argc != 4) die("usage: x86_ops OP IN OUT");
     const struct op *op = NULL;
     for (size_t k = 0; k < sizeof OPS / sizeof OPS[0]; k++)
         if (!strcmp(OPS[k].name, argv[1])) op = &OPS[k];
     if (!op) die("unknown op for this build");
-    FILE *f = fopen(argv[2], "rb");
-    if (!f) die("cannot open input");
-    fseek(f, 0, SEEK_END);
-    long bytes = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    n_in = (size_t)bytes / 8;
-    in_buf = malloc(bytes + 8);
-    if (fread(in_buf, 8, n_in, f) != n_in) die("short read");
-    fclose(f);
+    in_buf = read_int64_file(argv[2], &n_in);
     size_t n = 0;
     if (op->n_operands) {  /* records */
         if (n_in % op->n_operands) die("input is not a whole number of records");
@@ -230,8 +230,6 @@ int main(int argc, char **argv) {
         out_buf = calloc(in_buf[0] * in_buf[2] + 1, 8);
     }
     op->run(n);
-    f = fopen(argv[3], "wb");
-    if (!f || fwrite(out_buf, 8, n_out, f) != n_out) die("cannot write output");
-    fclose(f);
+    write_int64_file(argv[3], out_buf, n_out);
     return 0;
 }
