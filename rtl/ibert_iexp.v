@@ -18,13 +18,7 @@
 
 `timescale 1ns / 1ps
 
-`ifndef IBERT_RHU_DEFAULT
-`ifdef IBERT_ROUND_HALF_UP
-`define IBERT_RHU_DEFAULT 1
-`else
-`define IBERT_RHU_DEFAULT 0
-`endif
-`endif
+`include "ibert_defs.vh"
 
 module ibert_iexp16 #(
     parameter ROUND_HALF_UP = `IBERT_RHU_DEFAULT

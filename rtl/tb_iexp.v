@@ -27,25 +27,7 @@ module tb_iexp;
 
     ibert_iexp16 dut (.x(x), .x0_int(x0_int), .x0_30(x0_30), .b_int(b_int), .c_int(c_int), .m(m), .e(e), .e16(e16));
 
-    function signed [63:0] sext;
-        input [63:0] v;
-        input integer bits;
-        begin
-            if (bits >= 64) sext = v;
-            else sext = (v ^ (64'd1 << (bits - 1))) - (64'd1 << (bits - 1));
-        end
-    endfunction
-
-    task need;
-        input ok;
-        input [8*16-1:0] what;
-        begin
-            if (!ok) begin
-                $display("FAIL: missing plusarg +%0s", what);
-                $finish;
-            end
-        end
-    endtask
+    `include "tb_common.vh"
 
     initial begin
         need($value$plusargs("NAME=%s", name), "NAME");

@@ -32,26 +32,7 @@ module tb_requant;
     ibert_requantizer dut (.z(z), .m(m), .e(e), .has_id(has_id[0]), .z_id(z_id), .m_id(m_id), .e_id(e_id),
                            .out_bits(sat_bits[5:0]), .q(q));
 
-    // a value read from a b-bit two's complement hex line, sign-extended to 64 bits
-    function signed [63:0] sext;
-        input [63:0] v;
-        input integer bits;
-        begin
-            if (bits >= 64) sext = v;
-            else sext = (v ^ (64'd1 << (bits - 1))) - (64'd1 << (bits - 1));
-        end
-    endfunction
-
-    task need;
-        input ok;
-        input [8*16-1:0] what;
-        begin
-            if (!ok) begin
-                $display("FAIL: missing plusarg +%0s", what);
-                $finish;
-            end
-        end
-    endtask
+    `include "tb_common.vh"
 
     initial begin
         need($value$plusargs("NAME=%s", name), "NAME");

@@ -124,6 +124,6 @@ def test_rtl_is_lint_clean_under_verilator(top, sources):
         pytest.skip("optional tool absent: verilator (lint only)")
     import subprocess
 
-    done = subprocess.run([verilator, "--lint-only", "-Wall", "-Wno-DECLFILENAME", "--top-module", top,
+    done = subprocess.run([verilator, "--lint-only", "-Wall", "-Wno-DECLFILENAME", f"-I{rtl_tb.RTL_DIR}", "--top-module", top,
                            *[str(rtl_tb.RTL_DIR / s) for s in sources]], check=False, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -69,7 +69,7 @@ def compile_testbenches(build: Path, rtl_dir: Path = RTL_DIR, round_half_up: boo
     out = {}
     for kind, tb in TESTBENCHES.items():
         vvp = build / (tb + ("_rhu" if round_half_up else "") + ".vvp")
-        cmd = [iverilog, "-g2005", "-Wall", "-o", str(vvp)]
+        cmd = [iverilog, "-g2005", "-Wall", f"-I{rtl_dir}", "-o", str(vvp)]  # -I: the .vh includes
         if round_half_up:
             cmd.append("-DIBERT_ROUND_HALF_UP")
         if max_elements is not None:
